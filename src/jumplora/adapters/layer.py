@@ -1,0 +1,159 @@
+"""The adapted linear layer: plain LoRA or JumpLoRA around a frozen base layer.
+
+For a base layer y = x·Wᵀ + b (W ∈ R^{d_out×d_in}) the adapter adds ΔW = B·A with scaling β = α/r:
+
+* plain LoRA:  y = x·Wᵀ + b + β·(dropout(x)·Aᵀ)·Bᵀ
+* JumpLoRA:    y = x·(W + β·ΔW_interp)ᵀ + b,  ΔW_interp = (1−γ)·ΔW + γ·ΔW ⊙ H(|ΔW| − τ)
+
+JumpLoRA's cost is plain LoRA's: while γ = 0 (before S_start) ΔW_interp = ΔW and the low-rank
+path is taken, no d_out×d_in matrix is formed. From S_start on, β·ΔW_interp is folded into the
+weight, so the forward is still one matmul over the tokens; the authors' layer computes x·ΔWᵀ as a
+second one (≈25% per training step). The backward then needs one extra matmul over the tokens, the
+weight gradient G = gᵀ·x, from which the gradients of A, B and τ follow by small products:
+
+    ∂L/∂ΔW = β·G ⊙ ((1−γ) + γ·H(|ΔW|−τ)),  ∂L/∂B = ∂L/∂ΔW·Aᵀ,  ∂L/∂A = Bᵀ·∂L/∂ΔW,
+    ∂L/∂τ  = reduce(β·γ·G ⊙ ∂ΔW_jump/∂τ)   (see jumplora.gate).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jumplora.adapters import _compat
+from jumplora.gate import jump_gate, reduce_entries, threshold_partial
+
+
+class ThresholdGroup(nn.Module):
+    """One learned threshold τ = exp(log τ), shared by the adapted matrices of a group.
+
+    The exponential keeps τ > 0 and makes its updates relative (the authors' parametrisation).
+    """
+
+    def __init__(self, initial_log_threshold: float, device=None) -> None:
+        super().__init__()
+        self.log_threshold = nn.Parameter(torch.tensor(float(initial_log_threshold), device=device))
+
+    def forward(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+
+class AdaptedLinear(nn.Module):
+    """A frozen ``base_layer`` (nn.Linear or GPT-2 Conv1D) plus a LoRA or JumpLoRA adapter."""
+
+    def __init__(self, base_layer: nn.Module, config, threshold: ThresholdGroup | None) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.kind = config.kind
+        self.scaling = config.scaling
+        self.bandwidth = config.bandwidth
+        self.reduction = config.reduction
+        self.fused = config.fused
+        d_in, d_out = _compat.in_out_features(base_layer)
+        weight = base_layer.weight
+        # Adapters live in fp32 even when the frozen base is stored in bf16: the optimiser state and
+        # the small per-step updates need the precision, and they are a tiny part of the memory.
+        dtype = weight.dtype if weight.dtype == torch.float64 else torch.float32
+        self.lora_A = nn.Parameter(torch.empty(config.r, d_in, device=weight.device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, config.r, device=weight.device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)
+        self.dropout = nn.Dropout(config.dropout) if self.kind == "lora" and config.dropout > 0 else nn.Identity()
+        # Not registered as a submodule: a group is shared by many layers and owned by the AdapterSet.
+        self.__dict__["threshold"] = threshold
+        self.gamma = 0.0
+
+    def delta(self) -> torch.Tensor:
+        """ΔW = B·A, (d_out, d_in), unscaled."""
+        return self.lora_B @ self.lora_A
+
+    def jumped_delta(self) -> torch.Tensor:
+        """ΔW_jump = ΔW ⊙ H(|ΔW| − τ), differentiable in A, B and τ."""
+        return jump_gate(self.delta(), self.threshold(), self.bandwidth, reduction=self.reduction)
+
+    def interpolated_delta(self) -> torch.Tensor:
+        """ΔW_interp = (1−γ)·ΔW + γ·ΔW_jump (= ΔW for plain LoRA or γ = 0)."""
+        if self.kind == "lora" or self.gamma == 0.0:
+            return self.delta()
+        return torch.lerp(self.delta(), self.jumped_delta(), self.gamma)
+
+    def final_delta(self) -> torch.Tensor:
+        """The update merged at the end of the task, β·ΔW_final, (d_out, d_in), no gradient."""
+        with torch.no_grad():
+            delta = self.delta()
+            if self.kind == "jumplora":
+                delta = delta * (delta.abs() > self.threshold())
+            return delta * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "lora" or self.gamma == 0.0:
+            # The low-rank path: what plain LoRA costs, no d_out×d_in matrix.
+            low_rank = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
+            return self.base_layer(x) + (self.scaling * low_rank).to(x.dtype)
+        weight = _compat.linear_weight(self.base_layer)
+        bias = self.base_layer.bias
+        if self.fused:
+            return _FoldedJumpLinear.apply(
+                x, weight, bias, self.lora_A, self.lora_B, self.threshold(),
+                self.scaling, self.gamma, self.bandwidth, self.reduction,
+            )
+        folded = weight + (self.scaling * self.interpolated_delta()).to(weight.dtype)
+        return F.linear(x, folded, bias)
+
+
+def _interpolation(keep: torch.Tensor, gamma: float, dtype) -> torch.Tensor:
+    """∂ΔW_interp/∂ΔW on the straight-through path: (1−γ) + γ·H(|ΔW|−τ)."""
+    return keep.to(dtype).mul_(gamma).add_(1.0 - gamma)
+
+
+def _fold(weight, delta, keep, scaling, gamma):
+    """W + β·ΔW ⊙ ((1−γ) + γ·keep), written over ``delta``'s memory (ΔW_interp ⊙ β, then + W)."""
+    delta.mul_(_interpolation(keep, gamma, delta.dtype)).mul_(scaling)
+    return delta.to(weight.dtype).add_(weight)
+
+
+class _FoldedJumpLinear(torch.autograd.Function):
+    """y = x·(W + β·ΔW_interp)ᵀ + b with the backward of the module docstring.
+
+    Saves only x and the small factors; ΔW and the gate mask are recomputed in the backward (a
+    d_out×r×d_in product, small next to the token matmuls), so no d_out×d_in tensor is kept between
+    forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction):
+        delta = lora_B @ lora_A
+        keep = delta.abs() > threshold
+        out = F.linear(x, _fold(weight, delta, keep, scaling, gamma), bias)
+        ctx.save_for_backward(x, weight, bias, lora_A, lora_B, threshold)
+        ctx.constants = (scaling, gamma, bandwidth, reduction)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, lora_A, lora_B, threshold = ctx.saved_tensors
+        scaling, gamma, bandwidth, reduction = ctx.constants
+        needs = ctx.needs_input_grad
+        grad_out = grad_out.to(x.dtype)  # under autocast the output was computed in a lower precision
+        delta = lora_B @ lora_A
+        keep = delta.abs() > threshold
+        grad_tau_kernel = threshold_partial(delta, threshold, bandwidth) if needs[5] else None
+        grad_x = grad_w = grad_b = grad_A = grad_B = grad_tau = None
+        if needs[0]:
+            grad_x = grad_out @ _fold(weight, delta, keep, scaling, gamma)
+        del delta
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        if needs[2]:
+            grad_b = g2.sum(0)
+        if any(needs[1:6]):
+            # The one extra matmul over the tokens: the weight gradient G = gᵀ·x.
+            grad_weight = (g2.t() @ x.reshape(-1, x.shape[-1])).to(lora_A.dtype)
+            if needs[1]:
+                grad_w = grad_weight.to(weight.dtype, copy=True)
+            if needs[5]:
+                per_entry = grad_weight * grad_tau_kernel
+                grad_tau = (scaling * gamma * reduce_entries(per_entry, reduction)).reshape(threshold.shape)
+            grad_delta = grad_weight.mul_(_interpolation(keep, gamma, grad_weight.dtype)).mul_(scaling)
+            grad_A = lora_B.t() @ grad_delta if needs[3] else None
+            grad_B = grad_delta @ lora_A.t() if needs[4] else None
+        return grad_x, grad_w, grad_b, grad_A, grad_B, grad_tau, None, None, None, None

@@ -1,0 +1,189 @@
+"""Put adapters into a model, drive the JumpLoRA schedule, merge the task's update and take them out.
+
+    adapters = AdapterSet(model, AdapterConfig(kind="jumplora"))
+    adapters.begin_task(num_steps)
+    for step, batch in enumerate(loader):
+        adapters.set_step(step)           # τ initialised at S_start, γ(step) set on every layer
+        loss = ...; loss.backward(); optimizer.step()
+    update = adapters.merge_and_unload()  # W ← W + β·ΔW_final; the model is its plain self again
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jumplora.adapters import _compat
+from jumplora.adapters.config import AdapterConfig, JumpSchedule
+from jumplora.adapters.layer import AdaptedLinear, ThresholdGroup
+from jumplora.adapters.update import TaskUpdate
+from jumplora.errors import JumploraError
+
+THRESHOLDS_ATTR = "jumplora_thresholds"
+
+
+class AdapterSet:
+    """The adapters of one model: the layers, their threshold groups and the schedule of a task."""
+
+    def __init__(self, model: nn.Module, config: AdapterConfig | None = None) -> None:
+        self.model = model
+        self.config = config or AdapterConfig()
+        self.schedule: JumpSchedule | None = None
+        self.step = 0
+        self.thresholds_ready = False
+        names = self._target_names(model, self.config)
+        self.groups = self._make_groups(names) if self.config.kind == "jumplora" else {}
+        self.layers: dict[str, AdaptedLinear] = {}
+        for name in names:
+            group = self.groups.get(self._group_key(name))
+            layer = AdaptedLinear(model.get_submodule(name), self.config, group)
+            model.set_submodule(name, layer)
+            self.layers[name] = layer
+
+    # -- construction -------------------------------------------------------------------------
+
+    @staticmethod
+    def _target_names(model: nn.Module, config: AdapterConfig) -> list[str]:
+        targets = config.targets or _compat.default_targets(model)
+        linear = [n for n, m in model.named_modules() if _compat.is_linear(m) and n]
+        if any(isinstance(m, AdaptedLinear) for m in model.modules()):
+            raise JumploraError("the model already has adapters: merge_and_unload() them before adding new ones")
+        if targets is None:
+            model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+            raise JumploraError(
+                f"no default target modules for model type {model_type!r}: pass targets "
+                f"(linear modules: {_short_list(sorted({n.rsplit('.', 1)[-1] for n in linear}))})"
+            )
+        names = [n for n in linear if n.rsplit(".", 1)[-1] in targets or any(n.endswith("." + t) for t in targets)]
+        if not names:
+            raise JumploraError(
+                f"target modules {', '.join(targets)} match nothing in the model: choose among its linear modules "
+                f"{_short_list(sorted({n.rsplit('.', 1)[-1] for n in linear}))}"
+            )
+        return names
+
+    def _group_key(self, name: str) -> str:
+        # ModuleDict keys may not contain dots.
+        return "model" if self.config.threshold_mode == "global" else _compat.block_of(name).replace(".", "/")
+
+    def _make_groups(self, names: list[str]) -> dict[str, ThresholdGroup]:
+        device = self.model.get_submodule(names[0]).weight.device
+        keys = dict.fromkeys(self._group_key(n) for n in names)
+        groups = nn.ModuleDict({k: ThresholdGroup(self.config.initial_log_threshold, device) for k in keys})
+        # Registered on the model so that model.to(...) and model.parameters() see the thresholds.
+        self.model.add_module(THRESHOLDS_ATTR, groups)
+        return dict(groups.items())
+
+    # -- training -----------------------------------------------------------------------------
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters: every A and B, and each group's log τ."""
+        params = [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
+        return params + [g.log_threshold for g in self.groups.values()]
+
+    def begin_task(self, num_steps: int) -> None:
+        """Start the schedule of a task of ``num_steps`` optimiser steps (γ = 0, τ not yet set)."""
+        self.schedule = JumpSchedule(num_steps, self.config.start_fraction, self.config.final_fraction)
+        self.thresholds_ready = False
+        self.set_step(0)
+
+    def set_step(self, step: int) -> None:
+        """Call before the forward of optimiser step ``step`` (0-based) of the task."""
+        if self.config.kind != "jumplora":
+            return
+        if self.schedule is None:
+            raise JumploraError("call begin_task(num_steps) before set_step(): the schedule needs the task length")
+        self.step = step
+        if step >= self.schedule.start and not self.thresholds_ready:
+            self.initialise_thresholds()
+        gamma = self.schedule.gamma(step)
+        for layer in self.layers.values():
+            layer.gamma = gamma
+
+    @property
+    def gate_active(self) -> bool:
+        """True from S_start on: the sparse ELLA mode then penalises ΔW_jump instead of ΔW."""
+        return self.config.kind == "jumplora" and self.thresholds_ready
+
+    @torch.no_grad()
+    def initialise_thresholds(self) -> dict[str, float]:
+        """Set each group's τ so that exactly k entries of its matrices have |ΔW| > τ.
+
+        k = Σ r·(d_in + d_out) over the group's layers, the number of parameters of its A and B.
+        τ is the (n−k)-th smallest of the group's n magnitudes (one selection, no full sort), so
+        the k larger ones pass the strict gate |ΔW| > τ. When k ≥ n every entry is kept.
+        """
+        members: dict[str, list[AdaptedLinear]] = {}
+        for name, layer in self.layers.items():
+            members.setdefault(self._group_key(name), []).append(layer)
+        values = {}
+        for key, layers in members.items():
+            magnitudes = torch.cat([layer.delta().abs().flatten() for layer in layers])
+            k = sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in layers)
+            n = magnitudes.numel()
+            if k < n:
+                tau = magnitudes.kthvalue(n - k).values
+            else:
+                positive = magnitudes[magnitudes > 0]
+                tau = positive.min() / 2 if positive.numel() else magnitudes.new_tensor(0.0)
+            # A ΔW that is still exactly zero (nothing learned yet) would give log τ = −inf.
+            tau = tau.clamp_min(torch.finfo(magnitudes.dtype).tiny)
+            self.groups[key].log_threshold.copy_(tau.log())
+            values[key] = float(tau)
+        self.thresholds_ready = True
+        return values
+
+    @torch.no_grad()
+    def thresholds(self) -> dict[str, float]:
+        """τ of each group, keyed by block name ("model" for the global group)."""
+        return {key.replace("/", "."): float(g()) for key, g in self.groups.items()}
+
+    def effective_deltas(self, mode: str = "sparse") -> dict[str, torch.Tensor]:
+        """β·ΔW_eff per layer, (d_out, d_in), differentiable: what the ELLA penalty sees.
+
+        Plain LoRA: β·B·A. JumpLoRA ``sparse`` (Algorithm 1 line 16): β·ΔW before S_start, β·ΔW_jump
+        from S_start on. JumpLoRA ``interpolated`` (Table 3 ablation): β·ΔW_interp.
+        """
+        out = {}
+        for name, layer in self.layers.items():
+            if mode == "interpolated":
+                delta = layer.interpolated_delta()
+            else:
+                delta = layer.jumped_delta() if self.gate_active else layer.delta()
+            out[name] = layer.scaling * delta
+        return out
+
+    # -- end of task --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def merge_and_unload(self) -> TaskUpdate:
+        """W ← W + β·ΔW_final on every layer, put the original modules back and return the update.
+
+        JumpLoRA: ΔW_final = ΔW ⊙ H(|ΔW| − τ) (hard gate; τ is initialised now if the task ended
+        before S_start). Plain LoRA: ΔW_final = B·A.
+        """
+        if self.config.kind == "jumplora" and not self.thresholds_ready:
+            self.initialise_thresholds()
+        deltas = {}
+        for name, layer in self.layers.items():
+            delta = layer.final_delta()
+            if not torch.isfinite(delta).all():
+                raise JumploraError(f"the update of {name} is not finite: the task diverged; lower the learning rate")
+            deltas[name] = delta
+        update = TaskUpdate.from_linear_deltas(self.model, deltas, kind=self.config.kind)
+        self.unload()
+        update.apply(self.model)
+        return update
+
+    def unload(self) -> None:
+        """Put the original modules back without merging anything."""
+        for name, layer in self.layers.items():
+            self.model.set_submodule(name, layer.base_layer)
+        if hasattr(self.model, THRESHOLDS_ATTR):
+            delattr(self.model, THRESHOLDS_ATTR)
+        self.layers = {}
+
+
+def _short_list(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "") if names else "(none)"
