@@ -52,6 +52,11 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.t() if isinstance(module, Conv1D) else module.weight
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The original module under an adapter (the module itself when it carries none)."""
+    return getattr(module, "base_layer", module)
+
+
 def convert_layout(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     """Between the (d_out, d_in) layout and the module's weight layout (a transpose for Conv1D; its own inverse)."""
     return tensor.t() if isinstance(module, Conv1D) else tensor

@@ -62,6 +62,7 @@ class AdaptedLinear(nn.Module):
         # Not registered as a submodule: a group is shared by many layers and owned by the AdapterSet.
         self.__dict__["threshold"] = threshold
         self.gamma = 0.0
+        self.train(base_layer.training)  # a model in eval mode must not start dropping out
 
     def delta(self) -> torch.Tensor:
         """ΔW = B·A, (d_out, d_in), unscaled."""

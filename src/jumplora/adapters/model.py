@@ -110,8 +110,9 @@ class AdapterSet:
         """Set each group's τ so that exactly k entries of its matrices have |ΔW| > τ.
 
         k = Σ r·(d_in + d_out) over the group's layers, the number of parameters of its A and B.
-        τ is the (n−k)-th smallest of the group's n magnitudes (one selection, no full sort), so
-        the k larger ones pass the strict gate |ΔW| > τ. When k ≥ n every entry is kept.
+        τ is put halfway between the k-th and (k+1)-th largest of the group's n magnitudes (one
+        partial selection, no full sort), so the k larger ones pass the strict gate |ΔW| > τ even
+        after the rounding of exp(log τ). When k ≥ n every entry is kept.
         """
         members: dict[str, list[AdaptedLinear]] = {}
         for name, layer in self.layers.items():
@@ -120,9 +121,10 @@ class AdapterSet:
         for key, layers in members.items():
             magnitudes = torch.cat([layer.delta().abs().flatten() for layer in layers])
             k = sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in layers)
-            n = magnitudes.numel()
-            if k < n:
-                tau = magnitudes.kthvalue(n - k).values
+            if k < magnitudes.numel():
+                top = magnitudes.topk(k + 1, sorted=False).values
+                kth, next_below = top.topk(2, largest=False).values.flip(0)
+                tau = (kth + next_below) / 2
             else:
                 positive = magnitudes[magnitudes > 0]
                 tau = positive.min() / 2 if positive.numel() else magnitudes.new_tensor(0.0)

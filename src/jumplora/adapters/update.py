@@ -43,14 +43,14 @@ class TaskUpdate:
         """From (d_out, d_in) updates to the layout of each module's weight."""
         stored = {}
         for name, delta in deltas.items():
-            module = model.get_submodule(name)
-            module = getattr(module, "base_layer", module)
+            module = _compat.unwrap(model.get_submodule(name))
             stored[name] = _compat.convert_layout(module, delta).contiguous()
         return cls(stored, kind)
 
     def linear_deltas(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The updates in the (d_out, d_in) layout of nn.Linear, e.g. for ELLA's W_past."""
-        return {name: _compat.convert_layout(model.get_submodule(name), d) for name, d in self.deltas.items()}
+        modules = {name: _compat.unwrap(model.get_submodule(name)) for name in self.deltas}
+        return {name: _compat.convert_layout(modules[name], d) for name, d in self.deltas.items()}
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The binary support of each layer's update (True where the entry is nonzero)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from jumplora.adapters import AdapterSet, TaskUpdate
+from jumplora.adapters import AdapterSet, TaskUpdate, _compat
 from jumplora.adapters.config import ELLA_DELTA_MODES
 from jumplora.errors import JumploraError
 
@@ -41,5 +41,6 @@ class EllaPenalty:
     def add(self, update: TaskUpdate, model) -> None:
         """W_past ← W_past + the task's merged update, kept on the weight's device in fp32."""
         for name, delta in update.linear_deltas(model).items():
-            delta = delta.to(device=model.get_submodule(name).weight.device, dtype=torch.float32)
+            device = _compat.unwrap(model.get_submodule(name)).weight.device
+            delta = delta.to(device=device, dtype=torch.float32)
             self.past[name] = self.past[name] + delta if name in self.past else delta.clone()

@@ -1,0 +1,163 @@
+"""A classification task as the continual learner sees it: labelled sentences, an instruction, a prompt.
+
+Every task in a stream, the benchmark's, the demo's or a user's own, is turned into text-to-text
+form with one prompt (the O-LoRA / ELLA / JumpLoRA convention) and scored by exact match of the
+generated answer against the label string, after :func:`normalize_answer` on both sides.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from jumplora.errors import JumploraError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled input: the text shown in the prompt and the gold label string."""
+
+    sentence: str
+    label: str
+
+
+@dataclass
+class Task:
+    """A named classification task with its three splits.
+
+    ``labels`` is ordered: that order is the option order of the prompt. ``dropped`` counts, per
+    split, the records that were left out because their label is not one of ``labels`` (e.g. the
+    131 unlabelled ``-`` records of the MNLI test split); a split that was not loaded is absent.
+    """
+
+    name: str
+    instruction: str
+    labels: tuple[str, ...]
+    train: list[Example] = field(default_factory=list)
+    dev: list[Example] = field(default_factory=list)
+    test: list[Example] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = tuple(self.labels)
+        if not self.name.strip():
+            raise JumploraError("a task has an empty name: give every task a non-empty name")
+        if not self.labels:
+            raise JumploraError(f"task {self.name} has an empty label list: give it at least one label")
+        if any(not isinstance(label, str) or not label.strip() for label in self.labels):
+            raise JumploraError(
+                f"label list of task {self.name} has an empty or non-string label: {list(self.labels)}"
+            )
+        # Answers are compared after normalisation, so "Good" and "good " are the same answer.
+        normalized = [normalize_answer(label) for label in self.labels]
+        duplicates = sorted({label for label in normalized if normalized.count(label) > 1})
+        if duplicates:
+            raise JumploraError(
+                f"label list of task {self.name} has duplicates: {duplicates} "
+                "(labels are compared lower-cased, with whitespace collapsed): make them distinct"
+            )
+        known = set(self.labels)
+        for split in SPLITS:
+            for example in self.split(split):
+                if example.label not in known:
+                    raise JumploraError(
+                        f"task {self.name} has a {split} example labelled {example.label!r}, "
+                        f"which is not one of its labels {list(self.labels)}"
+                    )
+
+    def split(self, name: str) -> list[Example]:
+        """The examples of split ``name`` ("train", "dev" or "test")."""
+        if name not in SPLITS:
+            raise JumploraError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    def prompt(self, sentence: str) -> str:
+        """The model input for ``sentence`` in this task (see :func:`build_prompt`)."""
+        return build_prompt(self.instruction, self.labels, sentence)
+
+
+def build_prompt(instruction: str, labels: Sequence[str], sentence: str) -> str:
+    """The O-LoRA / ELLA / JumpLoRA prompt.
+
+    Four lines: the task instruction, the options, the input sentence, an answer cue::
+
+        {instruction}
+        Option: {label_1}, {label_2}, ..., {label_K}
+        {sentence}
+        Answer:
+
+    The target the model must produce is the label string itself. When the instruction is empty
+    (COPA, whose options ``A``/``B`` are spelled out inside the sentence) its line is left out.
+    """
+    options = f"Option: {', '.join(labels)}"
+    lines = [instruction, options] if instruction else [options]
+    return "\n".join([*lines, sentence, "Answer:"])
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, strip and collapse every run of whitespace to one space."""
+    return " ".join(text.lower().split())
+
+
+def is_correct(prediction: str, gold: str) -> bool:
+    """Exact match after :func:`normalize_answer` on both sides."""
+    return normalize_answer(prediction) == normalize_answer(gold)
+
+
+def stratified_split(examples: Sequence[Example], sizes: Sequence[int], seed: int) -> list[list[Example]]:
+    """Cut ``examples`` into disjoint parts of ``sizes[j]`` examples, each as class-balanced as possible.
+
+    Within a class the order is a shuffle seeded by ``seed``; each part takes, per class, a quota
+    from what the earlier parts left (water-filling: every class gets the same count, classes too
+    small to reach it give all they have, and the rest is shared among the others). When fewer
+    examples remain than asked for, a part gets all that remain. Each part is then shuffled, so it
+    does not come sorted by class. Deterministic: the same input, sizes and seed give the same parts.
+    """
+    rng = random.Random(seed)
+    by_class: dict[str, list[Example]] = {}
+    for example in examples:
+        by_class.setdefault(example.label, []).append(example)
+    pools = list(by_class.values())
+    for pool in pools:
+        rng.shuffle(pool)
+    parts = []
+    for size in sizes:
+        quotas = _balanced_quotas([len(pool) for pool in pools], size)
+        part = [example for pool, quota in zip(pools, quotas, strict=True) for example in pool[:quota]]
+        pools = [pool[quota:] for pool, quota in zip(pools, quotas, strict=True)]
+        rng.shuffle(part)
+        parts.append(part)
+    return parts
+
+
+def subsample(examples: Sequence[Example], n: int | None, seed: int = 0) -> list[Example]:
+    """At most ``n`` examples, class-stratified (see :func:`stratified_split`); ``n=None`` keeps all.
+
+    Used for ``--max-train-per-task`` / ``--max-test-per-task``. A list that already fits is
+    returned unchanged, in its order.
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    if n < 0:
+        raise JumploraError(f"cannot keep {n} examples: pass a count >= 0, or none to keep all")
+    return stratified_split(examples, [n], seed)[0]
+
+
+def _balanced_quotas(available: list[int], n: int) -> list[int]:
+    """Per-class counts summing to min(n, sum(available)), as equal as the class sizes allow.
+
+    A remainder that cannot be shared equally goes one each to the first classes still open.
+    """
+    quotas = [0] * len(available)
+    remaining = min(n, sum(available))
+    while remaining:
+        open_classes = [k for k, count in enumerate(available) if quotas[k] < count]
+        share = max(1, remaining // len(open_classes))
+        for k in open_classes:
+            take = min(share, available[k] - quotas[k], remaining)
+            quotas[k] += take
+            remaining -= take
+    return quotas

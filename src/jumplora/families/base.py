@@ -1,0 +1,126 @@
+"""What every model family shares: the interface, batched prediction, padding.
+
+Inference is task-agnostic: no task id reaches the model, the options are spelled out in the
+prompt (:func:`jumplora.data.tasks.build_prompt`). A family turns a task's examples into a training
+batch, a batch into a scalar loss, and examples into predicted label strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from jumplora.data.tasks import Example, Task, normalize_answer
+from jumplora.errors import JumploraError
+
+
+class Family:
+    """One model family (``seq2seq``, ``causal`` or ``encoder``): batches, loss and prediction.
+
+    Subclasses implement :meth:`collate`, :meth:`loss` and :meth:`predict_batch`; they may override
+    :meth:`prompt_ids` (how a prompt is tokenised and truncated), :meth:`prepare` (per-task state
+    computed once per :meth:`predict` call) and :meth:`rows_per_example`.
+    """
+
+    name: str
+
+    def __init__(self, tokenizer: Any, max_source_length: int = 512):
+        if max_source_length < 1:
+            raise JumploraError(f"max_source_length is {max_source_length}: pass a positive token count")
+        self.tokenizer = tokenizer
+        self.max_source_length = max_source_length
+
+    def prompt_ids(self, task: Task, examples: Sequence[Example]) -> list[list[int]]:
+        """Token ids of each example's prompt with the tokenizer's special tokens, cut at the right
+        to ``max_source_length`` tokens."""
+        prompts = [task.prompt(example.sentence) for example in examples]
+        return self.tokenizer(prompts, truncation=True, max_length=self.max_source_length)["input_ids"]
+
+    def collate(self, task: Task, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """A training batch of CPU tensors for ``examples`` of ``task``."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The scalar mean loss of ``model`` on a batch made by :meth:`collate`."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, task: Task) -> Any:
+        """State that :meth:`predict_batch` needs for every batch of ``task``, computed once."""
+        return None
+
+    def rows_per_example(self, task: Task) -> int:
+        """Model input rows one example takes in :meth:`predict_batch`."""
+        return 1
+
+    def predict_batch(self, model: nn.Module, task: Task, prompt_ids: list[list[int]], state: Any) -> list[str]:
+        """Predicted label strings for a batch of tokenised prompts (called in inference mode)."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, task: Task, examples: Sequence[Example], batch_size: int = 64) -> list[str]:
+        """The predicted label string of each example, in the order of ``examples``.
+
+        Examples are batched in order of prompt length, so a batch holds little padding; a
+        forward holds about ``batch_size`` rows. The model runs in eval mode under
+        ``torch.inference_mode()`` and gets its previous train/eval mode back afterwards.
+        """
+        if batch_size < 1:
+            raise JumploraError(f"batch_size is {batch_size}: pass a positive number of examples")
+        ids = self.prompt_ids(task, examples)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        step = max(1, batch_size // self.rows_per_example(task))
+        predictions = [""] * len(ids)
+        with evaluating(model), torch.inference_mode():
+            state = self.prepare(model, task) if ids else None
+            for start in range(0, len(order), step):
+                chunk = order[start : start + step]
+                for i, prediction in zip(chunk, self.predict_batch(model, task, [ids[i] for i in chunk], state)):
+                    predictions[i] = prediction
+        return predictions
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (no dropout) for the block, then restore its train/eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters, where its inputs must go."""
+    return next(model.parameters()).device
+
+
+def to_device(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``batch`` with every tensor moved to the model's device."""
+    device = model_device(model)
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    """A ``[len(rows), longest]`` long tensor: each row filled with ``value`` on the right (or left)."""
+    width = max(len(row) for row in rows)
+    filled = [[value] * (width - len(row)) + list(row) if left else list(row) + [value] * (width - len(row)) for row in rows]
+    return torch.tensor(filled, dtype=torch.long)
+
+
+def padded_inputs(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """``input_ids`` padded with ``pad_id`` and the ``attention_mask`` that marks the real tokens."""
+    return {"input_ids": pad(rows, pad_id, left), "attention_mask": pad([[1] * len(row) for row in rows], 0, left)}
+
+
+def match_label(text: str, labels: Sequence[str]) -> str:
+    """The label equal to ``text`` after :func:`normalize_answer`, else ``text`` stripped.
+
+    Generated text is scored by exact match, so an answer that differs from a label only in case or
+    spacing is reported as that label.
+    """
+    by_normal_form = {normalize_answer(label): label for label in labels}
+    return by_normal_form.get(normalize_answer(text), text.strip())

@@ -1,0 +1,72 @@
+"""Which family a checkpoint belongs to, and loading it with its tokenizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from jumplora.errors import JumploraError
+from jumplora.families.base import Family
+from jumplora.families.causal import CausalFamily
+from jumplora.families.encoder import EncoderFamily
+from jumplora.families.seq2seq import Seq2SeqFamily
+
+FAMILIES: dict[str, type[Family]] = {family.name: family for family in (Seq2SeqFamily, CausalFamily, EncoderFamily)}
+AUTO_CLASSES = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM, "encoder": AutoModel}
+
+# Bidirectional encoders. Several (bert, roberta, ...) also have a causal-LM class in transformers,
+# so they are recognised by name before the causal-LM table is asked.
+ENCODER_MODEL_TYPES = frozenset(
+    {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+     "xlm-roberta-xl", "camembert", "mpnet", "modernbert", "ernie", "nomic_bert", "mobilebert"}
+)
+
+
+def detect_family(config: Any) -> str:
+    """``seq2seq`` for encoder-decoders, ``encoder`` for bidirectional encoders and models with
+    no language-model head, ``causal`` otherwise."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    model_type = getattr(config, "model_type", "")
+    if model_type in ENCODER_MODEL_TYPES:
+        return "encoder"
+    architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        return "causal"
+    return "causal" if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "encoder"
+
+
+def load_model(
+    name_or_path: str,
+    family: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    **options: Any,
+) -> tuple[torch.nn.Module, Any, Family]:
+    """Load a model (local folder or hub id), its tokenizer and its :class:`Family`.
+
+    ``family`` overrides :func:`detect_family`; ``options`` go to the family (``mode`` for causal,
+    ``temperature`` for encoder, ``max_source_length`` for all). Weights load in ``dtype``
+    (fp32 by default) and are moved to ``device``.
+    """
+    if family is not None and family not in FAMILIES:
+        raise JumploraError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise JumploraError(
+            f"cannot load model {name_or_path!r}: no such local folder and it is not a model id on the hub "
+            "you can reach; pass --model PATH"
+        ) from error
+    family = family or detect_family(config)
+    # Built before the weights load, so a bad option fails fast.
+    handler = FAMILIES[family](tokenizer, **options)
+    model = AUTO_CLASSES[family].from_pretrained(
+        name_or_path, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    return model.to(device), tokenizer, handler

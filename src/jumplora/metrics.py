@@ -1,0 +1,109 @@
+"""Continual-learning metrics and adapter-mask statistics: pure functions over arrays.
+
+The accuracy matrix of a stream of T tasks is ``a`` (T x T, percent): ``a[t, i]`` is the test
+accuracy on task i after training task t (0-based), NaN above the diagonal (task i not yet seen).
+The formulas are those of the JumpLoRA / O-LoRA / ELLA papers (Lopez-Paz & Ranzato 2017 for BWT).
+Masks and tensors may be numpy arrays or torch tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from jumplora.errors import JumploraError
+
+
+def _checked_matrix(accuracy_matrix) -> np.ndarray:
+    """``accuracy_matrix`` as a float array, after checking it is square and filled on and below the diagonal."""
+    a = np.asarray(accuracy_matrix, dtype=float)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise JumploraError(f"an accuracy matrix must be square and non-empty (T x T), got shape {a.shape}")
+    if np.isnan(a[np.tril_indices(a.shape[0])]).any():
+        raise JumploraError("the accuracy matrix has NaN on or below its diagonal: every a[t, i] with i <= t is needed")
+    return a
+
+
+def overall_accuracy(accuracy_matrix) -> float:
+    """OA = (1/T) sum_i a[T-1, i]: the mean accuracy over all tasks after training the last one."""
+    a = _checked_matrix(accuracy_matrix)
+    return float(a[-1].mean())
+
+
+def backward_transfer(accuracy_matrix) -> float | None:
+    """BWT = 1/(T-1) sum_{i<T-1} (a[T-1, i] - a[i, i]): how much later training changed earlier tasks.
+
+    Negative means forgetting. None for a single task (T = 1): there is no earlier task, and None,
+    unlike NaN, is valid JSON.
+    """
+    a = _checked_matrix(accuracy_matrix)
+    if a.shape[0] == 1:
+        return None
+    return float((a[-1, :-1] - np.diag(a)[:-1]).mean())
+
+
+def forward_transfer(accuracy_matrix, single_task: Sequence[float] | None) -> float | None:
+    """FWT = (1/T) sum_i (a[i, i] - s[i]), with ``s[i]`` the accuracy of the same method trained on task
+    i alone from the base model: how much the tasks seen before i help (or hurt) learning it.
+
+    None when ``single_task`` is None (those runs were not made).
+    """
+    if single_task is None:
+        return None
+    a = _checked_matrix(accuracy_matrix)
+    s = np.asarray(single_task, dtype=float)
+    if s.shape != (a.shape[0],):
+        raise JumploraError(f"single-task accuracies need one value per task ({a.shape[0]}), got shape {s.shape}")
+    return float((np.diag(a) - s).mean())
+
+
+def accuracy_matrix_to_json(accuracy_matrix) -> list[list[float | None]]:
+    """Nested lists, row t = after training task t, with None where the matrix has NaN (not valid JSON)."""
+    a = np.asarray(accuracy_matrix, dtype=float)
+    return [[None if np.isnan(value) else float(value) for value in row] for row in a]
+
+
+def accuracy_matrix_from_json(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
+    """The inverse of :func:`accuracy_matrix_to_json`: None back to NaN."""
+    return np.array([[np.nan if value is None else value for value in row] for row in rows], dtype=float)
+
+
+def _support(x) -> np.ndarray:
+    """The boolean mask of non-zero entries of a numpy array or torch tensor (any dtype, any device)."""
+    if hasattr(x, "detach"):  # torch, duck-typed: compared on its device, so bfloat16 never meets numpy
+        return (x.detach() != 0).cpu().numpy()
+    return np.asarray(x) != 0
+
+
+def sparsity(x) -> float:
+    """The fraction of entries that are exactly zero (False for a boolean mask)."""
+    support = _support(x)
+    if support.size == 0:
+        raise JumploraError("sparsity of an empty tensor is undefined")
+    return float(1.0 - np.count_nonzero(support) / support.size)
+
+
+def jaccard(mask_a, mask_b) -> float:
+    """J(A, B) = |A and B| / |A or B| of two masks of the same shape (non-zero entries count as set).
+
+    Two empty masks give 0, not 1: this measures the units two tasks *share*, and two adapters that
+    use no unit share none.
+    """
+    a, b = _support(mask_a), _support(mask_b)
+    if a.shape != b.shape:
+        raise JumploraError(f"masks of different shapes {a.shape} and {b.shape} cannot be compared")
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else 0.0
+
+
+def mean_jaccard_with_previous(masks_by_task: Sequence) -> list[float | None]:
+    """For the masks of one layer across tasks, entry t = (1/t) sum_{s<t} J(mask_t, mask_s).
+
+    How much task t's active units overlap, on average, those of each earlier task; None for the
+    first task, which has no earlier one.
+    """
+    result: list[float | None] = [None] if masks_by_task else []
+    for t in range(1, len(masks_by_task)):
+        result.append(float(np.mean([jaccard(masks_by_task[t], masks_by_task[s]) for s in range(t)])))
+    return result
