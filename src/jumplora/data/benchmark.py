@@ -81,7 +81,7 @@ class Benchmark:
 
 
 def benchmark_of_order(n: int | str) -> str:
-    """"SC" (Standard CL, orders 1-3) or "LS" (Long Sequence, orders 4-6)."""
+    """The benchmark an order belongs to: "SC" (Standard CL, orders 1-3) or "LS" (Long Sequence, 4-6)."""
     key = str(n)
     if key not in ORDER_BENCHMARK:
         raise JumploraError(f"unknown task order {key!r}: valid orders are {', '.join(ORDER_BENCHMARK)}")
