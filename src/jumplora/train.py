@@ -1,0 +1,116 @@
+"""Train one task: an explicit loop over batches, no callbacks.
+
+Data parallelism goes through ``accelerate``: under ``accelerate launch`` each process takes its
+share of every global batch (rank r gets examples r, r+W, r+2W, ...), the model is wrapped for
+gradient averaging, and the schedule, the τ initialisation and the merge see identical weights on
+every rank, so every rank ends with the same merged model.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+
+from jumplora.data.tasks import Example, Task
+from jumplora.errors import JumploraError
+from jumplora.families import Family
+from jumplora.strategies.methods import Strategy
+
+Batch = tuple[Task, list[Example]]
+
+
+def make_accelerator(device: str, precision: str) -> Accelerator:
+    """One per run. Unused parameters are allowed: log τ takes part only from S_start on."""
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise JumploraError("--device cuda asked for but no CUDA device is visible: use --device cpu or auto")
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=kwargs)
+    distributed = getattr(accelerator.state, "distributed_type", None)
+    if distributed is not None and "FSDP" in str(distributed):
+        # τ's initialisation and the sparsity statistics need the whole ΔW of every layer.
+        raise JumploraError("FSDP shards ΔW across ranks, which the threshold initialisation cannot see: use DDP")
+    return accelerator
+
+
+def batches(tasks: Sequence[Task], batch_size: int, epochs: int, seed: int, limit: int | None) -> list[Batch]:
+    """Shuffled single-task batches; with several tasks (mtl) their batches are interleaved."""
+    rng = random.Random(seed)
+    out: list[Batch] = []
+    for _ in range(epochs):
+        epoch: list[Batch] = []
+        for task in tasks:
+            examples = list(task.train if limit is None else task.train[:limit])
+            rng.shuffle(examples)
+            epoch += [(task, examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
+        if len(tasks) > 1:
+            rng.shuffle(epoch)
+        out += epoch
+    return out
+
+
+def train_task(
+    model: torch.nn.Module,
+    family: Family,
+    strategy: Strategy,
+    index: int,
+    plan: list[Batch],
+    config,
+    accelerator: Accelerator,
+    label: str,
+) -> dict:
+    """Train ``plan`` (one task's batches) and merge; returns the loss curve and timing."""
+    if not plan:
+        raise JumploraError(f"task {label} has no training examples")
+    started = time.perf_counter()
+    params = strategy.start_task(index, len(plan))
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    losses = []
+    bar = tqdm(plan, desc=f"train {label}", unit="step", disable=not accelerator.is_local_main_process, leave=False)
+    for step, (task, examples) in enumerate(bar):
+        strategy.set_step(step)
+        batch = family.collate(task, examples[rank::world] or examples[:1])
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            loss = family.loss(wrapped, batch)
+            penalty = strategy.penalty()
+            total = loss if penalty is None else loss + penalty
+        if not torch.isfinite(total):
+            raise JumploraError(
+                f"the loss became {float(total)} at step {step} of task {label}: lower the learning rate "
+                "or use --precision fp32"
+            )
+        accelerator.backward(total)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    thresholds = strategy.thresholds()
+    accelerator.free_memory()
+    update = strategy.end_task(_fisher_losses(model, family, plan, accelerator))
+    return {
+        "update": update,
+        "losses": losses,
+        "thresholds": thresholds,
+        "steps": len(plan),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _fisher_losses(model, family: Family, plan: list[Batch], accelerator, max_batches: int = 8) -> Iterator[torch.Tensor]:
+    """Losses of a few of the task's batches at the trained weights (EWC's empirical Fisher)."""
+    for task, examples in plan[: max_batches]:
+        batch = {k: v.to(accelerator.device) for k, v in family.collate(task, examples).items()}
+        yield family.loss(model, batch)
+

@@ -1,0 +1,100 @@
+"""Bad input on the command line: one line naming the problem, exit code 2, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jumplora.cli import main
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+CASES = {
+    "unknown method": (["--method", "lora2"], "unknown method 'lora2'"),
+    "repeated method": (["--method", "inclora", "--method", "inclora"], "repeated"),
+    "unknown benchmark": (["--benchmark", "glue"], "unknown benchmark 'glue'"),
+    "order of the other benchmark": (["--benchmark", "sc", "--order", "4"], "does not belong to benchmark sc"),
+    "order out of range": (["--order", "9"], "order 9 does not belong"),
+    "unknown preset": (["--preset", "fast"], "unknown preset 'fast'"),
+    "rank zero": (["--r", "0"], "rank r must be a positive integer"),
+    "negative lambda": (["--ella-lambda", "-1"], "must be >= 0"),
+    "start after final": (["--start-fraction", "0.9", "--final-fraction", "0.5"], "must be smaller than final"),
+    "unknown threshold mode": (["--threshold-mode", "layer"], "unknown threshold mode"),
+    "duplicate tasks": (["--tasks", "a,a", "--data-dir", "."], "duplicate task names"),
+    "sc without data": (["--benchmark", "sc"], "pass --data-dir"),
+    "missing data dir": (["--benchmark", "sc", "--data-dir", "/nonexistent/data"], "not found"),
+    "unknown task": (["--tasks", "nope", "--data-dir", "{bench}"], "unknown task 'nope'"),
+    "missing task file": (["--task-file", "/nonexistent/tasks.yaml"], "task file /nonexistent/tasks.yaml not found"),
+    "missing model": (["--model", "/nonexistent/model", "--task-file", "{tasks}"], "cannot load model"),
+    "record without label": (["--task-file", "{nolabel}"], "label"),
+    "label outside the label set": (["--task-file", "{badlabel}"], "not one of"),
+    "duplicate labels": (["--task-file", "{duplabels}"], "duplicates"),
+    "bad yaml config": (["--config", "{badyaml}"], "not valid YAML"),
+    "unknown config key": (["--config", "{unknownkey}"], "unknown configuration key(s) learning_rat"),
+    "demo with order": (["--benchmark", "demo", "--order", "1"], "demo benchmark has one fixed stream"),
+    "target matching nothing": (["--targets", "nothing", "--task-file", "{tasks}", "--model", "{model}"],
+                                "match nothing"),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, cl_benchmark_dir):
+    from _models import tiny_llama
+
+    root = tmp_path_factory.mktemp("bad")
+    good = [{"sentence": f"text {i}", "label": "yes" if i % 2 else "no"} for i in range(8)]
+    data = write(root / "data.jsonl", "\n".join(json.dumps(r) for r in good))
+    nolabel = write(root / "nolabel.jsonl", json.dumps({"sentence": "x"}))
+    badlabel = write(root / "badlabel.jsonl", "\n".join(json.dumps(r) for r in good + [{"sentence": "y", "label": "maybe"}]))
+    paths = {}
+    for name, path, labels in [("tasks", data, None), ("nolabel", nolabel, None), ("badlabel", badlabel, ["yes", "no"]),
+                               ("duplabels", data, ["yes", "Yes", "no"])]:
+        entry = {"name": "t", "path": str(path), "instruction": "Yes or no?"}
+        if labels:
+            entry["labels"] = labels
+        paths[name] = write(root / f"{name}.yaml", json.dumps([entry]))
+    paths["badyaml"] = write(root / "bad.yaml", "methods: [inclora\n")
+    paths["unknownkey"] = write(root / "unknown.yaml", "learning_rat: 0.1\n")
+    paths["bench"] = cl_benchmark_dir
+    model, tokenizer = tiny_llama()
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    paths["model"] = root / "model"
+    return paths
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_and_exit_2(case, files, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args, message = CASES[case]
+    args = [a.format(**files) for a in args]
+    output = tmp_path / "out"
+    code = main(["run", "--output", str(output), *args])
+    stderr = capsys.readouterr().err
+    # Progress bars of a model load may come first; the error is the one last line.
+    err = stderr.strip().replace("\r", "\n").splitlines()[-1]
+    assert code == 2
+    assert err.startswith("jumplora: error:") and "Traceback" not in stderr
+    assert sum(line.startswith("jumplora: error:") for line in stderr.splitlines()) == 1
+    assert message in err, err
+    assert not output.exists() or not any(output.rglob("results.json"))
+
+
+def test_console_script_exit_code_and_stderr(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jumplora.cli", "run", "--method", "nope"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "unknown method 'nope'" in result.stderr
+
+
+def test_list_names_every_method(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("seqft", "inclora", "ella", "olora", "ewc", "mtl", "jumplora+inclora", "jumplora+ella", "quick-sc"):
+        assert name in out
