@@ -104,14 +104,14 @@ def run(config: RunConfig, log=print) -> list[dict]:
     for method in config.methods:
         for seed in config.seeds:
             baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) if config.single_task_baselines else None
-            all_results.append(run_stream(config, method, seed, tasks, accelerator, log, baselines))
+            all_results.append(run_stream(config, method, seed, tasks, accelerator, log, baselines)[0])
     if accelerator.is_main_process:
         log(summary_table(all_results))
     return all_results
 
 
-def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None) -> dict:
-    """One method, one seed, the whole stream."""
+def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None):
+    """One method, one seed, the whole stream; returns its results and the final merged model."""
     spec = parse_method(method)
     set_seed(seed)
     model, tokenizer, family = _load(config, accelerator)
@@ -140,6 +140,7 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
         if update is not None and spec.jump:
             masks.append({name: mask.cpu() for name, mask in update.masks().items()})
             _record_sparsity(results, label, update, info["thresholds"], masks)
+            results["threshold_trace"][label] = info["threshold_trace"]
         if update is not None and main:
             update.metadata = {"task": label, "method": method, "seed": str(seed), "index": str(t)}
             update.save(out / "deltas" / f"{t:02d}-{label}.safetensors")
@@ -155,7 +156,7 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
     if main and config.save_model:
         model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
-    return results
+    return results, model
 
 
 def single_task_baselines(config, method, seed, tasks, accelerator, log) -> list[float]:
@@ -170,7 +171,7 @@ def single_task_baselines(config, method, seed, tasks, accelerator, log) -> list
             if previous.get("config_key") == key and previous.get("finished_tasks") == 1:
                 values.append(previous["accuracy_matrix"][0][0])
                 continue
-        result = run_stream(config, method, seed, [task], accelerator, log, output=cache)
+        result, _ = run_stream(config, method, seed, [task], accelerator, log, output=cache)
         result["config_key"] = key
         if accelerator.is_main_process:
             write_json(cached, result)
@@ -209,7 +210,7 @@ def _empty_results(config, method, seed, tasks) -> dict:
     return {
         "tasks": [t.name for t in tasks], "method": method, "model": config.model or "all-MiniLM-L6-v2 (bundled)",
         "seed": seed, "accuracy_matrix": None, "metrics": {}, "single_task_accuracy": None,
-        "sparsity": {}, "mean_sparsity": {}, "thresholds": {}, "jaccard": {"mean_with_previous": [], "per_layer": {}},
+        "sparsity": {}, "mean_sparsity": {}, "thresholds": {}, "threshold_trace": {}, "jaccard": {"mean_with_previous": [], "per_layer": {}},
         "losses": {}, "dropped": {t.name: t.dropped for t in tasks}, "config": config.to_dict(),
         "timing": {"tasks": {}}, "finished_tasks": 0, "collapsed": [],
     }

@@ -75,7 +75,7 @@ def train_task(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
-    losses = []
+    losses, trace = [], []
     bar = tqdm(plan, desc=f"train {label}", unit="step", disable=not accelerator.is_local_main_process, leave=False)
     for step, (task, examples) in enumerate(bar):
         strategy.set_step(step)
@@ -94,15 +94,21 @@ def train_task(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
+        tau = strategy.threshold_tensor()
+        if tau is not None:
+            trace.append(tau)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     thresholds = strategy.thresholds()
+    # τ per group per step, e.g. {"model": [...]}: one transfer at the end of the task.
+    threshold_trace = dict(zip(thresholds, torch.stack(trace).t().tolist())) if trace else {}
     accelerator.free_memory()
     update = strategy.end_task(_fisher_losses(model, family, plan, accelerator))
     return {
         "update": update,
         "losses": losses,
         "thresholds": thresholds,
+        "threshold_trace": threshold_trace,
         "steps": len(plan),
         "seconds": time.perf_counter() - started,
     }

@@ -94,11 +94,17 @@ class AdapterSet:
         if self.schedule is None:
             raise JumploraError("call begin_task(num_steps) before set_step(): the schedule needs the task length")
         self.step = step
-        if step >= self.schedule.start and not self.thresholds_ready:
+        if step >= self.schedule.start and not self.thresholds_ready and self._has_update():
             self.initialise_thresholds()
-        gamma = self.schedule.gamma(step)
+        # Until τ is set the gate cannot act: a task whose S_start comes before ΔW has left zero
+        # (S_start = 0 in very short tasks, where B is still all zeros) starts it one step later.
+        gamma = self.schedule.gamma(step) if self.thresholds_ready else 0.0
         for layer in self.layers.values():
             layer.gamma = gamma
+
+    @torch.no_grad()
+    def _has_update(self) -> bool:
+        return any(bool(layer.lora_B.any()) and bool(layer.lora_A.any()) for layer in self.layers.values())
 
     @property
     def gate_active(self) -> bool:

@@ -107,7 +107,8 @@ def to_device(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, tor
 def pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
     """A ``[len(rows), longest]`` long tensor: each row filled with ``value`` on the right (or left)."""
     width = max(len(row) for row in rows)
-    filled = [[value] * (width - len(row)) + list(row) if left else list(row) + [value] * (width - len(row)) for row in rows]
+    fills = [[value] * (width - len(row)) for row in rows]
+    filled = [fill + list(row) if left else list(row) + fill for row, fill in zip(rows, fills)]
     return torch.tensor(filled, dtype=torch.long)
 
 

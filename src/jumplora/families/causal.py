@@ -80,7 +80,9 @@ class CausalFamily(Family):
     def rows_per_example(self, task: Task) -> int:
         return len(task.labels) if self.mode == "rank" else 1
 
-    def predict_batch(self, model: nn.Module, task: Task, prompt_ids: list[list[int]], options: list[list[int]]) -> list[str]:
+    def predict_batch(
+        self, model: nn.Module, task: Task, prompt_ids: list[list[int]], options: list[list[int]]
+    ) -> list[str]:
         if self.mode == "rank":
             scores = self.option_log_likelihoods(model, prompt_ids, options)
             return [task.labels[j] for j in scores.argmax(-1).tolist()]

@@ -45,7 +45,9 @@ class EncoderFamily(Family):
         """The prompts, the task's options (``option_*``) and each example's option index (``targets``)."""
         unknown = sorted({example.label for example in examples} - set(task.labels))
         if unknown:
-            raise JumploraError(f"labels {unknown} are not options of task {task.name} {list(task.labels)}: fix the examples")
+            raise JumploraError(
+                f"labels {unknown} are not options of task {task.name} {list(task.labels)}: fix the examples"
+            )
         options = self.option_inputs(task)
         return {
             **padded_inputs(self.prompt_ids(task, examples), self.tokenizer.pad_token_id),
@@ -67,14 +69,28 @@ class EncoderFamily(Family):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = to_device(batch, model)
-        options = self.embed(model, batch["option_input_ids"], batch["option_attention_mask"])
-        return F.cross_entropy(self.scores(model, batch, options), batch["targets"])
+        # Prompts and options go through the encoder as one batch: one forward per step, which is
+        # what data-parallel training (DDP) requires, and one set of kernel launches instead of two.
+        n = batch["input_ids"].shape[0]
+        ids = _stack(batch["input_ids"], batch["option_input_ids"], self.tokenizer.pad_token_id)
+        mask = _stack(batch["attention_mask"], batch["option_attention_mask"], 0)
+        embedded = self.embed(model, ids, mask)
+        scores = embedded[:n] @ embedded[n:].T / self.temperature
+        return F.cross_entropy(scores, batch["targets"])
 
     def prepare(self, model: nn.Module, task: Task) -> torch.Tensor:
         """The options' embeddings, shared by every batch of the task."""
         options = to_device(self.option_inputs(task), model)
         return self.embed(model, options["input_ids"], options["attention_mask"])
 
-    def predict_batch(self, model: nn.Module, task: Task, prompt_ids: list[list[int]], options: torch.Tensor) -> list[str]:
+    def predict_batch(
+        self, model: nn.Module, task: Task, prompt_ids: list[list[int]], options: torch.Tensor
+    ) -> list[str]:
         inputs = to_device(padded_inputs(prompt_ids, self.tokenizer.pad_token_id), model)
         return [task.labels[j] for j in self.scores(model, inputs, options).argmax(-1).tolist()]
+
+
+def _stack(first: torch.Tensor, second: torch.Tensor, pad_value: int) -> torch.Tensor:
+    """Rows of two right-padded ``[rows, length]`` tensors in one, padded to the longer length."""
+    width = max(first.shape[1], second.shape[1])
+    return torch.cat([F.pad(t, (0, width - t.shape[1]), value=pad_value) for t in (first, second)])

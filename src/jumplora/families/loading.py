@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -58,11 +59,8 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        raise JumploraError(
-            f"cannot load model {name_or_path!r}: no such local folder and it is not a model id on the hub "
-            "you can reach; pass --model PATH"
-        ) from error
+    except (OSError, ValueError) as error:
+        raise JumploraError(load_error(name_or_path, error)) from error
     family = family or detect_family(config)
     # Built before the weights load, so a bad option fails fast.
     handler = FAMILIES[family](tokenizer, **options)
@@ -70,3 +68,17 @@ def load_model(
         name_or_path, config=config, dtype=dtype, trust_remote_code=trust_remote_code
     )
     return model.to(device), tokenizer, handler
+
+
+def load_error(name_or_path: str, error: Exception) -> str:
+    """One line on why transformers could not read ``name_or_path`` and what to pass instead."""
+    if os.path.isdir(name_or_path):
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return (
+            f"cannot load model {name_or_path!r}: the folder is not a transformers model ({reason}); "
+            "pass a folder with config.json, weights and tokenizer files"
+        )
+    return (
+        f"cannot load model {name_or_path!r}: no such local folder and it is not a model id on the hub "
+        "you can reach; pass --model PATH"
+    )

@@ -43,7 +43,9 @@ class Seq2SeqFamily(Family):
         ids already hold it)."""
         return max(len(ids) for ids in self.label_ids(task.labels))
 
-    def predict_batch(self, model: nn.Module, task: Task, prompt_ids: list[list[int]], max_new_tokens: int) -> list[str]:
+    def predict_batch(
+        self, model: nn.Module, task: Task, prompt_ids: list[list[int]], max_new_tokens: int
+    ) -> list[str]:
         inputs = to_device(padded_inputs(prompt_ids, self.tokenizer.pad_token_id), model)
         output = model.generate(
             **inputs,

@@ -94,6 +94,10 @@ class Strategy:
         """τ per threshold group (JumpLoRA methods only)."""
         return {}
 
+    def threshold_tensor(self) -> torch.Tensor | None:
+        """τ of every group as one detached tensor on the device (no host sync), or None."""
+        return None
+
 
 class AdapterStrategy(Strategy):
     """seqlora, inclora, ella, olora, mtl and their JumpLoRA variants: a frozen base plus a LoRA."""
@@ -151,6 +155,11 @@ class AdapterStrategy(Strategy):
 
     def thresholds(self) -> dict[str, float]:
         return self.adapters.thresholds() if self.adapters is not None else {}
+
+    def threshold_tensor(self) -> torch.Tensor | None:
+        if self.adapters is None or not self.adapters.groups:
+            return None
+        return torch.stack([g.log_threshold.detach() for g in self.adapters.groups.values()]).exp()
 
 
 class EwcStrategy(Strategy):

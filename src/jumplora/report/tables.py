@@ -1,0 +1,164 @@
+"""Per-run metrics and the paper's tables: each cell is a mean ± sample std over the runs it covers.
+
+Only complete runs (every task of the stream trained) enter a table; incomplete ones are listed in
+the table of runs, with the metrics of the tasks they finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import numpy as np
+
+from jumplora.metrics import backward_transfer, forward_transfer, overall_accuracy
+from jumplora.report.document import Table
+from jumplora.report.load import Run
+from jumplora.strategies.methods import METHODS
+
+MISSING = "—"
+ABLATION_METHOD = "jumplora+ella"
+THRESHOLD_MODES = ("global", "per_block")
+ELLA_DELTAS = ("sparse", "interpolated")
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    std: float
+    n: int  # how many runs
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} ± {self.std:.1f}"
+
+
+def summarize(values: list[float | None]) -> Summary | None:
+    """Mean and sample std s = sqrt(sum_k (x_k - mean)^2 / (n - 1)) of the values that are not None.
+
+    ddof = 1 because the seeds are a sample of all the seeds one could run. With one value s is
+    undefined; it is reported as 0 (shown "± 0.0") so that every cell has the same form. None when
+    there is no value.
+    """
+    x = np.array([v for v in values if v is not None], dtype=float)
+    if x.size == 0:
+        return None
+    return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0, int(x.size))
+
+
+def run_metrics(run: Run) -> dict[str, float | None]:
+    """OA, BWT and FWT (percent) over the tasks the run finished, by :mod:`jumplora.metrics`.
+
+    Joint training (mtl) measures only the last row: its OA is that row's mean, BWT and FWT are None.
+    """
+    f = run.finished
+    a = run.accuracy[:f, :f]
+    if np.isnan(a[np.tril_indices(f)]).any():
+        return {"oa": float(np.mean(a[-1])), "bwt": None, "fwt": None}
+    single = run.results.get("single_task_accuracy")
+    return {"oa": overall_accuracy(a), "bwt": backward_transfer(a), "fwt": forward_transfer(a, single[:f] if single else None)}
+
+
+def group_summaries(runs: list[Run], metric: str, key: Callable[[Run], Hashable]) -> dict[Hashable, Summary]:
+    """``metric`` ("oa", "bwt", "fwt") of the complete runs, summarized per ``key(run)``."""
+    values: dict[Hashable, list] = {}
+    for run in runs:
+        if run.complete:
+            values.setdefault(key(run), []).append(run_metrics(run)[metric])
+    return {k: summary for k, v in values.items() if (summary := summarize(v)) is not None}
+
+
+def oa_table(runs: list[Run]) -> Table:
+    """Table 1: OA per stream (order), then over all of them; one row per method."""
+    streams = sorted({run.stream for run in runs}, key=stream_sort_key)
+    labels = list(dict.fromkeys(stream.label for stream in streams))
+    per_stream = group_summaries(runs, "oa", lambda run: (run.method, run.stream.label))
+    overall = group_summaries(runs, "oa", lambda run: run.method)
+    rows = [[method, *(_cell(per_stream.get((method, label))) for label in labels), _cell(overall.get(method))]
+            for method in methods(runs) if method in overall]
+    caption = ("Overall accuracy OA = mean of the last row of the accuracy matrix (%), mean ± sample std over "
+               "seeds (± 0.0: one seed). 'Mean' pools every complete run of the method across the streams.")
+    return Table(["Method", *labels, "Mean"], rows, caption)
+
+
+def transfer_table(runs: list[Run]) -> Table:
+    """Table 2: BWT and FWT per benchmark (SC = orders 1-3, LS = orders 4-6); one row per method."""
+    suites = list(dict.fromkeys(suite(stream) for stream in sorted({r.stream for r in runs}, key=stream_sort_key)))
+    cells = {metric: group_summaries(runs, metric, lambda run: (run.method, suite(run.stream))) for metric in ("bwt", "fwt")}
+    rows = []
+    for method in methods(runs):
+        row = [_cell(cells[metric].get((method, s))) for s in suites for metric in ("bwt", "fwt")]
+        if any(cell != MISSING for cell in row):
+            rows.append([method, *row])
+    header = ["Method", *(f"{metric} ({s})" for s in suites for metric in ("BWT", "FWT"))]
+    caption = ("BWT = mean over i < T-1 of a[T-1,i] - a[i,i] (negative: forgetting); FWT = mean over i of "
+               "a[i,i] - single-task accuracy of task i, only for runs made with --single-task-baselines. "
+               "Percentage points, mean ± sample std over the complete runs of the benchmark's orders and seeds; "
+               f"{MISSING}: not measured (mtl has no BWT).")
+    return Table(header, rows, caption)
+
+
+def ablation_table(runs: list[Run]) -> Table | None:
+    """Table 3: jumplora+ella with global or per-block τ × ELLA on ΔW_jump or ΔW_interp; None without such runs."""
+    ablation = [run for run in runs if run.results["method"] == ABLATION_METHOD and run.complete]
+    if not ablation:
+        return None
+
+    def setting(run: Run) -> tuple[str, str, str]:
+        config = run.results.get("config") or {}
+        return suite(run.stream), config.get("threshold_mode", "global"), config.get("ella_delta", "sparse")
+
+    cells = {metric: group_summaries(ablation, metric, setting) for metric in ("oa", "bwt")}
+    rows = [[f"{s}: τ {mode}", *(_cell(cells[metric].get((s, mode, delta))) for metric in cells for delta in ELLA_DELTAS)]
+            for s in dict.fromkeys(setting(run)[0] for run in ablation) for mode in THRESHOLD_MODES]
+    header = ["Threshold", *(f"{metric.upper()} ({delta} ΔW)" for metric in cells for delta in ELLA_DELTAS)]
+    caption = ("jumplora+ella ablation: one τ for the model (global) or one per block (per_block), and the ELLA "
+               "penalty on the sparse update ΔW_jump or on ΔW_interp. Mean ± sample std over orders and seeds, %.")
+    return Table(header, rows, caption)
+
+
+def runs_table(runs: list[Run]) -> Table:
+    """Every run with its own numbers, incomplete ones included (over the tasks they finished)."""
+    lambdas = any("chosen_lambda" in run.results for run in runs)
+    rows = []
+    for run in sorted(runs, key=lambda r: (stream_sort_key(r.stream), method_sort_key(r.method), r.seed)):
+        m = run_metrics(run)
+        sparsity = list((run.results.get("mean_sparsity") or {}).values())
+        total = (run.results.get("timing") or {}).get("total_s")
+        row = [run.stream.label, run.method, str(run.seed), f"{run.finished}/{len(run.stream.tasks)}",
+               *(MISSING if m[k] is None else f"{m[k]:.1f}" for k in ("oa", "bwt", "fwt")),
+               f"{100 * np.mean(sparsity):.1f}" if sparsity else MISSING,
+               MISSING if total is None else f"{total:.0f}"]
+        if lambdas:
+            row.append(", ".join(f"{v:g}" for v in run.results.get("chosen_lambda") or []) or MISSING)
+        rows.append(row)
+    header = ["Stream", "Method", "Seed", "Tasks", "OA", "BWT", "FWT", "Sparsity %", "Time s"]
+    caption = ("Each run (a results.json). Tasks: trained / in the stream; an incomplete run's metrics cover the "
+               "tasks it finished and it is left out of the tables above. Sparsity: mean fraction of zeros of the "
+               "merged JumpLoRA updates over tasks and layers.")
+    if lambdas:
+        header.append("Chosen λ")
+        caption += " Chosen λ: the ELLA weight per task the run selected."
+    return Table(header, rows, caption)
+
+
+def methods(runs: list[Run]) -> list[str]:
+    """The method labels of ``runs`` in the paper's order (that of ``jumplora list``)."""
+    return sorted({run.method for run in runs}, key=method_sort_key)
+
+
+def method_sort_key(label: str) -> tuple:
+    base = label.split(" ", 1)[0]
+    return (list(METHODS).index(base) if base in METHODS else len(METHODS), label)
+
+
+def stream_sort_key(stream) -> tuple:
+    return (stream.order is None, stream.order or 0, stream.label)
+
+
+def suite(stream) -> str:
+    """The benchmark a stream belongs to: SC / LS for orders, else the stream's own label."""
+    return stream.benchmark if stream.order is not None else stream.label
+
+
+def _cell(summary: Summary | None) -> str:
+    return MISSING if summary is None else str(summary)

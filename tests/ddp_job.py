@@ -1,0 +1,22 @@
+"""One rank of the data-parallel test: run a stream through the real runner, dump the merged weights.
+
+Started by tests/test_distributed.py under `torch.distributed.run` (2 CPU processes, gloo), and once
+as a single process for the reference. Arguments: MODEL_DIR TASK_FILE OUTPUT BATCH_SIZE METHOD.
+"""
+
+import sys
+
+from safetensors.torch import save_file
+
+from jumplora.config import load_config
+from jumplora.runner import resolve_stream, run_stream
+from jumplora.train import make_accelerator
+
+model_dir, task_file, output, batch_size, method = sys.argv[1:6]
+config = load_config(overrides={"model": model_dir, "task_file": task_file, "output": output, "methods": [method],
+                                "batch_size": int(batch_size), "learning_rate": 5e-3, "save_model": False,
+                                "lora_dropout": 0.0})
+accelerator = make_accelerator("cpu", "fp32")
+_, model = run_stream(config, method, 0, resolve_stream(config), accelerator, log=lambda *_: None)
+state = {k: v.contiguous() for k, v in model.state_dict().items()}
+save_file(state, f"{output}/rank{accelerator.process_index}-of-{accelerator.num_processes}.safetensors")

@@ -1,0 +1,110 @@
+"""End to end: `jumplora run` on 2-task streams for every method and model family (slow)."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from _models import minilm, tiny_llama, tiny_t5
+from jumplora.cli import main
+from jumplora.strategies.methods import METHODS
+
+pytestmark = pytest.mark.slow
+
+TOY = {
+    "sport": ("Which topic is it about?", ["sport", "food"], [
+        ("the striker scored twice in the final", "sport"), ("a slow-cooked stew with garlic", "food"),
+        ("the team won the league title", "sport"), ("fresh bread baked this morning", "food"),
+        ("the runner broke the world record", "sport"), ("a bowl of spicy noodle soup", "food"),
+        ("the goalkeeper saved a penalty", "sport"), ("chocolate cake with cream", "food"),
+    ]),
+    "mood": ("What is the sentiment?", ["good", "bad"], [
+        ("i loved every minute of it", "good"), ("this was a waste of time", "bad"),
+        ("a wonderful, warm film", "good"), ("boring and far too long", "bad"),
+        ("great acting and a clever plot", "good"), ("the worst meal i have had", "bad"),
+        ("an absolute delight", "good"), ("terrible service and cold food", "bad"),
+    ]),
+}
+
+
+def write_stream(folder):
+    entries = []
+    for name, (instruction, labels, rows) in TOY.items():
+        records = [{"sentence": s, "label": y, "split": "train"} for s, y in rows * 3]
+        records += [{"sentence": s, "label": y, "split": "test"} for s, y in rows]
+        records += [{"sentence": s, "label": y, "split": "dev"} for s, y in rows[:2]]
+        path = folder / f"{name}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in records))
+        entries.append({"name": name, "path": path.name, "instruction": instruction, "labels": labels})
+    task_file = folder / "tasks.json"
+    task_file.write_text(json.dumps(entries))
+    return task_file
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    return write_stream(tmp_path_factory.mktemp("stream"))
+
+
+@pytest.fixture(scope="module", params=["t5", "llama", "minilm"])
+def model_dir(request, tmp_path_factory):
+    model, tokenizer = {"t5": tiny_t5, "llama": tiny_llama, "minilm": minilm}[request.param]()
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return request.param, folder
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_runs_the_stream(model_dir, stream, method, tmp_path):
+    family, folder = model_dir
+    code = main(["run", "--model", str(folder), "--task-file", str(stream), "--method", method,
+                 "--output", str(tmp_path), "--batch-size", "8", "--learning-rate", "5e-3",
+                 "--ella-lambda", "100", "--ewc-lambda", "10", "--save-model", str(method == "inclora")])
+    assert code == 0
+    out = tmp_path / method / "seed0"
+    results = json.loads((out / "results.json").read_text())
+    matrix = results["accuracy_matrix"]
+    assert results["tasks"] == ["sport", "mood"] and results["finished_tasks"] == 2
+    assert matrix[0][1] is None and all(0 <= v <= 100 for v in matrix[1])
+    assert results["metrics"]["oa"] == pytest.approx(sum(matrix[1]) / 2)
+    if method == "mtl":
+        assert matrix[0][0] is None and results["metrics"]["bwt"] is None
+    else:
+        assert results["metrics"]["bwt"] == pytest.approx(matrix[1][0] - matrix[0][0])
+    assert results["metrics"]["fwt"] is None
+    deltas = sorted(p.name for p in (out / "deltas").iterdir())
+    if method in ("inclora", "ella", "olora", "jumplora+inclora", "jumplora+ella"):
+        assert deltas == ["00-sport.safetensors", "01-mood.safetensors"]
+    if method.startswith("jumplora+"):
+        for task in ("sport", "mood"):
+            assert all(0.0 < s < 1.0 for s in results["sparsity"][task].values())
+        assert results["jaccard"]["mean_with_previous"][0] is None
+        assert 0.0 <= results["jaccard"]["mean_with_previous"][1] <= 1.0
+        assert set(results["thresholds"]["sport"]) == {"model"}
+    if method == "inclora":
+        reloaded = AutoModel.from_pretrained(out / "model")
+        base = AutoModel.from_pretrained(folder)
+        changed = [k for k, v in reloaded.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+        assert changed and all(k.rsplit(".", 2)[-2] in ("q", "v", "q_proj", "v_proj", "query", "value")
+                               for k in changed)
+
+
+def test_minilm_learns_the_toy_stream_and_fwt_uses_single_task_runs(stream, tmp_path):
+    model, tokenizer = minilm()
+    folder = tmp_path / "minilm"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    args = ["run", "--model", str(folder), "--task-file", str(stream), "--method", "jumplora+inclora",
+            "--output", str(tmp_path / "out"), "--batch-size", "8", "--learning-rate", "5e-3",
+            "--single-task-baselines", "true", "--save-model", "false"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "out" / "jumplora+inclora" / "seed0" / "results.json").read_text())
+    matrix, single = results["accuracy_matrix"], results["single_task_accuracy"]
+    assert matrix[0][0] >= 75 and matrix[1][1] >= 75  # real weights learn these easy tasks
+    assert results["metrics"]["fwt"] == pytest.approx((matrix[0][0] - single[0] + matrix[1][1] - single[1]) / 2)
+    cache = tmp_path / "out" / "jumplora+inclora" / "seed0" / "single_task" / "sport" / "results.json"
+    stamp = cache.stat().st_mtime_ns
+    assert main(args) == 0  # the single-task runs are cached, not trained again
+    assert cache.stat().st_mtime_ns == stamp
