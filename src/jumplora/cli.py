@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 from jumplora.errors import JumploraError
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "inclora vs jumplora+inclora.")
     run.add_argument("--config", help="YAML file of run settings (unknown keys are an error)")
     run.add_argument("--preset", help="named settings, see `jumplora list`")
+    run.add_argument("--resume", metavar="OUTPUT", help="continue the run in OUTPUT at its first unfinished task")
+    run.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
     special = {
         "methods": dict(flag="--method", action="append", help="method (repeatable), see `jumplora list`"),
         "seeds": dict(flag="--seed", action="append", type=int, help="random seed (repeatable)"),
@@ -53,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         options.setdefault("help", _field_help(field))
         run.add_argument(flag, dest=field.name, default=None, **options)
     sub.add_parser("list", help="benchmarks, orders, methods and presets")
+    rollback = sub.add_parser("rollback", help="write the final model of a run without one task's update")
+    rollback.add_argument("run_dir", metavar="RUN", help="OUTPUT/<method>/seed<k> of a finished run")
+    rollback.add_argument("--task", required=True, help="the task whose update to remove")
+    rollback.add_argument("--output", required=True, help="new folder for the rolled-back model")
+    apply = sub.add_parser("apply", help="add a task update file to a model")
+    apply.add_argument("--model", required=True, help="model folder (save_pretrained layout)")
+    apply.add_argument("--update", required=True, help="a deltas/<t>-<task>.safetensors file")
+    apply.add_argument("--output", required=True, help="new folder for the updated model")
+    apply.add_argument("--subtract", action="store_true", help="remove the update instead of adding it")
     return parser
 
 
@@ -67,18 +79,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             print(list_text())
-            return 0
-        from jumplora.config import load_config
-        from jumplora.runner import run
+        elif args.command == "run":
+            _run(args)
+        else:
+            from jumplora.surgery import apply_update, rollback
 
-        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "preset")}
-        preset = args.preset or (None if args.config or _has_data_flags(overrides) else "demo")
-        config = load_config(args.config, preset, overrides)
-        run(config)
+            if args.command == "rollback":
+                rollback(Path(args.run_dir), args.task, Path(args.output))
+            else:
+                apply_update(Path(args.model), Path(args.update), Path(args.output), sign=-1.0 if args.subtract else 1.0)
         return 0
     except JumploraError as error:
         print(f"jumplora: error: {error}", file=sys.stderr)
         return 2
+
+
+def _run(args) -> None:
+    from jumplora.config import load_config
+    from jumplora.runner import CONFIG_FILE, run
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("command", "config", "preset", "resume", "force") and v is not None}
+    if args.resume:
+        saved = Path(args.resume) / CONFIG_FILE
+        if not saved.is_file():
+            raise JumploraError(f"no run to resume in {args.resume} (no {CONFIG_FILE}): pass the --output of a run")
+        base = load_config(saved)
+        overrides.setdefault("output", args.resume)
+        config = load_config(saved, overrides=overrides)
+        changed = sorted(k for k, v in config.to_dict().items() if v != base.to_dict()[k])
+        if changed and not args.force:
+            raise JumploraError(f"the run in {args.resume} used other settings for {', '.join(changed)}: "
+                                "drop those flags, or add --force to resume with them")
+        run(config, resume=True)
+        return
+    preset = args.preset or (None if args.config or _has_data_flags(overrides) else "demo")
+    run(load_config(args.config, preset, overrides))
 
 
 def _has_data_flags(overrides: dict) -> bool:

@@ -64,6 +64,7 @@ class RunConfig:
     encoder_temperature: float = 0.05
     single_task_baselines: bool = False  # also train each task alone (for FWT), cached
     save_model: bool = True  # save_pretrained of the final merged model
+    keep_checkpoints: int = 2  # per-task checkpoints kept (the newest ones); resume needs 1, rollback checks 2
     # Hardware
     device: str = "auto"  # auto | cpu | cuda (several GPUs: `accelerate launch`)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; adapters stay fp32)
@@ -103,6 +104,8 @@ class RunConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise JumploraError(f"{name} must be > 0, got {value}")
+        if self.keep_checkpoints < 1:
+            raise JumploraError(f"keep_checkpoints must be >= 1 (resume needs the newest), got {self.keep_checkpoints}")
         for name in ("max_train_per_task", "max_test_per_task"):
             value = getattr(self, name)
             if value is not None and value < 1:

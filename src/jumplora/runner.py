@@ -8,6 +8,7 @@ and ``model/`` (the final merged model and tokenizer, loadable with plain transf
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import yaml
 from accelerate.utils import set_seed
 
 from jumplora import metrics
+from jumplora.adapters import TaskUpdate
+from jumplora.checkpoint import latest_checkpoint, load_checkpoint, read_manifest, record_delta, restore_rng, save_checkpoint
 from jumplora.config import RunConfig
 from jumplora.data import Task, demo_stream, is_correct, load_benchmark, load_task_file, subsample
 from jumplora.errors import JumploraError
@@ -25,6 +28,7 @@ from jumplora.strategies.methods import make_strategy, parse_method
 from jumplora.train import batches, make_accelerator, train_task
 
 DEFAULT_ORDER = {"sc": 1, "ls": 4}
+CONFIG_FILE = "config.yaml"  # the resolved configuration of a run, at the top of its output folder
 
 
 def bundled_model_path() -> str:
@@ -92,10 +96,15 @@ def evaluate(model, family, task: Task, batch_size: int) -> float:
     return 100.0 * float(np.mean([is_correct(p, e.label) for p, e in zip(predictions, task.test)]))
 
 
-def run(config: RunConfig, log=print) -> list[dict]:
+def run(config: RunConfig, log=print, resume: bool = False) -> list[dict]:
     """Every method × seed of the config; returns their results and prints a summary table."""
     accelerator = make_accelerator(config.device, config.precision)
+    output = Path(config.output)
+    if accelerator.is_main_process:
+        _check_writable(output)
     tasks = resolve_stream(config)
+    if accelerator.is_main_process and not resume:
+        write_text(output / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     log(f"stream: {' -> '.join(t.name for t in tasks)}  ({', '.join(f'{t.name} {len(t.train)}/{len(t.test)}' for t in tasks)} train/test)")
     for task in tasks:
         if any(task.dropped.values()):
@@ -104,29 +113,58 @@ def run(config: RunConfig, log=print) -> list[dict]:
     for method in config.methods:
         for seed in config.seeds:
             baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) if config.single_task_baselines else None
-            all_results.append(run_stream(config, method, seed, tasks, accelerator, log, baselines)[0])
+            all_results.append(run_stream(config, method, seed, tasks, accelerator, log, baselines, resume=resume)[0])
     if accelerator.is_main_process:
         log(summary_table(all_results))
     return all_results
 
 
-def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None):
-    """One method, one seed, the whole stream; returns its results and the final merged model."""
+def _check_writable(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise JumploraError(f"output directory {output} is not writable ({error.strerror}): pass --output DIR") from None
+
+
+def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None, resume=False):
+    """One method, one seed, the whole stream; returns its results and the final merged model.
+
+    After each task: the task's update in ``deltas/`` (with its SHA-256 in the manifest),
+    ``results.json`` and a checkpoint, in that order. With ``resume`` the newest checkpoint is
+    loaded and the run goes on at the first unfinished task; a finished run is left as it is.
+    """
     spec = parse_method(method)
+    out = Path(output or Path(config.output) / method / f"seed{seed}")
+    main = accelerator.is_main_process
+    previous = _finished_results(out, len(tasks)) if resume else None
+    if previous is not None:
+        log(f"[{method} seed {seed}] already finished in {out}")
+        return previous, None
+    if main and not resume and out.exists():
+        shutil.rmtree(out)  # a fresh run replaces an earlier one in the same folder
+    accelerator.wait_for_everyone()
     set_seed(seed)
     model, tokenizer, family = _load(config, accelerator)
     strategy = make_strategy(spec, model, config, len(tasks))
-    out = Path(output or Path(config.output) / method / f"seed{seed}")
-    main = accelerator.is_main_process
     if main:
         (out / "deltas").mkdir(parents=True, exist_ok=True)
     T = len(tasks)
     accuracy = np.full((T, T), np.nan)
     results = _empty_results(config, method, seed, tasks)
     masks: list[dict[str, torch.Tensor]] = []
+    first = 0
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        first, results, accuracy, masks = _restore(checkpoint, out, model, strategy, spec)
+        log(f"[{method} seed {seed}] resuming after task {first} of {T} from {checkpoint.name}")
     started = time.perf_counter()
     stages = [(T - 1, tasks)] if spec.base == "mtl" else [(t, [task]) for t, task in enumerate(tasks)]
     for t, stage_tasks in stages:
+        if t < first:
+            continue
         label = "+".join(task.name for task in stage_tasks)
         plan = batches(stage_tasks, config.batch_size, config.epochs, seed * 1000 + t, None)
         info = train_task(model, family, strategy, t, plan, config, accelerator, f"{label} ({method}, seed {seed})")
@@ -141,9 +179,6 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
             masks.append({name: mask.cpu() for name, mask in update.masks().items()})
             _record_sparsity(results, label, update, info["thresholds"], masks)
             results["threshold_trace"][label] = info["threshold_trace"]
-        if update is not None and main:
-            update.metadata = {"task": label, "method": method, "seed": str(seed), "index": str(t)}
-            update.save(out / "deltas" / f"{t:02d}-{label}.safetensors")
         results["losses"][label] = info["losses"]
         results["timing"]["tasks"][label] = {"train_s": round(info["seconds"], 3), "eval_s": round(eval_seconds, 3),
                                             "steps": info["steps"]}
@@ -151,19 +186,56 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
         results["timing"]["total_s"] = round(time.perf_counter() - started, 3)
         results["finished_tasks"] = t + 1
         if main:
+            if update is not None:
+                update.metadata = {"task": label, "method": method, "seed": str(seed), "index": str(t)}
+                path = out / "deltas" / f"{t:02d}-{label}.safetensors"
+                update.save(path)
+                record_delta(out, t, label, path)
             write_json(out / "results.json", results)
+            save_checkpoint(out / "checkpoints" / f"{t:02d}-{label}", model, strategy.state(),
+                            {"index": t, "results": results}, keep=config.keep_checkpoints)
             log(f"[{method} seed {seed}] after {label}: " + ", ".join(f"{tasks[i].name} {accuracy[t, i]:.1f}" for i in range(t + 1)))
+        accelerator.wait_for_everyone()
     if main and config.save_model:
         model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
     return results, model
 
 
+def _finished_results(out: Path, num_tasks: int) -> dict | None:
+    """The results of a run that got through every task and saved what it had to, else None."""
+    try:
+        results = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    complete = results.get("finished_tasks") == num_tasks
+    return results if complete and (out / "model").exists() >= bool(results["config"]["save_model"]) else None
+
+
+def _restore(checkpoint: Path, out: Path, model, strategy, spec):
+    """Model weights, the method's state, the results so far and the RNG states of a checkpoint."""
+    model_state, tensors, info = load_checkpoint(checkpoint)
+    rng = {k: v for k, v in tensors.items() if k.startswith("rng/")}
+    strategy.restore({k: v for k, v in tensors.items() if not k.startswith("rng/")}, set(model_state))
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as error:
+        raise JumploraError(f"checkpoint {checkpoint} does not fit this model ({str(error).splitlines()[0]})") from None
+    results = info["results"]
+    accuracy = metrics.accuracy_matrix_from_json(results["accuracy_matrix"])
+    masks = []
+    if spec.jump:
+        for entry in read_manifest(out)[: info["index"] + 1]:
+            masks.append({k: m for k, m in TaskUpdate.load(out / "deltas" / entry["file"]).masks().items()})
+    restore_rng(rng, info["rng"])
+    return info["index"] + 1, results, accuracy, masks
+
+
 def single_task_baselines(config, method, seed, tasks, accelerator, log) -> list[float]:
     """a_{0,i}: the same method trained on task i alone from the base model (cached on disk, for FWT)."""
     values = []
     for task in tasks:
-        cache = Path(config.output) / method / f"seed{seed}" / "single_task" / task.name
+        cache = Path(config.output) / method / "single_task" / f"seed{seed}" / task.name
         cached = cache / "results.json"
         key = {k: v for k, v in config.to_dict().items() if k not in ("methods", "seeds", "output", "single_task_baselines")}
         if cached.is_file():
@@ -249,10 +321,14 @@ def _fill_metrics(results, accuracy, single_task) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
     """Write atomically: a reader (or a crash) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(text)
     tmp.replace(path)
 
 

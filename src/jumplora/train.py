@@ -87,7 +87,7 @@ def train_task(
             total = loss if penalty is None else loss + penalty
         if not torch.isfinite(total):
             raise JumploraError(
-                f"the loss became {float(total)} at step {step} of task {label}: lower the learning rate "
+                f"the loss became {float(total.detach())} at step {step} of task {label}: lower the learning rate "
                 "or use --precision fp32"
             )
         accelerator.backward(total)

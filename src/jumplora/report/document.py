@@ -28,6 +28,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     caption: str
+    text_columns: int = 1  # leading columns of names, aligned left; the numbers after them align right
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: 0.5rem 0 0.3rem; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #bbb; padding: 0.25rem 0.6rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+.text { text-align: left; }
 th { background: #eee; }
 figure { margin: 1rem 0 1.5rem; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
@@ -75,9 +76,9 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
         elif isinstance(block, Paragraph):
             body.append(f"<p>{html.escape(block.text)}</p>")
         elif isinstance(block, Table):
-            head = "".join(f"<th>{html.escape(cell)}</th>" for cell in block.header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            head = _html_row(block.header, "th", block.text_columns)
+            rows = "".join(_html_row(row, "td", block.text_columns) for row in block.rows)
+            body.append(f"<table><thead>{head}</thead><tbody>{rows}</tbody></table>"
                         f"<p class=\"caption\">{html.escape(block.caption)}</p>")
         else:
             data = base64.b64encode((folder / block.filename).read_bytes()).decode("ascii")
@@ -85,6 +86,11 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
                         f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_row(cells: list[str], tag: str, text_columns: int) -> str:
+    aligned = [' class="text"' if k < text_columns else "" for k in range(len(cells))]
+    return "<tr>" + "".join(f"<{tag}{a}>{html.escape(c)}</{tag}>" for a, c in zip(aligned, cells)) + "</tr>"
 
 
 def _md_row(cells: list[str]) -> str:

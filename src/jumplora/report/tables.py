@@ -138,7 +138,7 @@ def runs_table(runs: list[Run]) -> Table:
     if lambdas:
         header.append("Chosen λ")
         caption += " Chosen λ: the ELLA weight per task the run selected."
-    return Table(header, rows, caption)
+    return Table(header, rows, caption, text_columns=2)
 
 
 def methods(runs: list[Run]) -> list[str]:

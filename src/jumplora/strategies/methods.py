@@ -98,6 +98,13 @@ class Strategy:
         """τ of every group as one detached tensor on the device (no host sync), or None."""
         return None
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The method's own tensors that a checkpoint must keep (besides the model's weights)."""
+        return {}
+
+    def restore(self, tensors: dict[str, torch.Tensor], model_keys: set[str]) -> None:
+        """Undo :meth:`state` on a fresh strategy, before the model's weights are loaded."""
+
 
 class AdapterStrategy(Strategy):
     """seqlora, inclora, ella, olora, mtl and their JumpLoRA variants: a frozen base plus a LoRA."""
@@ -156,6 +163,24 @@ class AdapterStrategy(Strategy):
     def thresholds(self) -> dict[str, float]:
         return self.adapters.thresholds() if self.adapters is not None else {}
 
+    def state(self) -> dict[str, torch.Tensor]:
+        tensors = {f"ella/{name}": past for name, past in (self.ella.past if self.ella else {}).items()}
+        for name, matrices in self.past_A.items():
+            tensors.update({f"olora/{i}/{name}": a for i, a in enumerate(matrices)})
+        return tensors
+
+    def restore(self, tensors: dict[str, torch.Tensor], model_keys: set[str]) -> None:
+        device = next(self.model.parameters()).device
+        for key, value in sorted(tensors.items()):
+            kind, rest = key.split("/", 1)
+            if kind == "ella":
+                self.ella.past[rest] = value.to(device)
+            elif kind == "olora":
+                self.past_A.setdefault(rest.split("/", 1)[1], []).append(value.to(device))
+        if any(k.endswith("lora_A") for k in model_keys):  # seqlora between tasks: its adapter is live
+            self.model.requires_grad_(False)
+            self.adapters = AdapterSet(self.model, self.config.adapter_config(self.spec.adapter_kind))
+
     def threshold_tensor(self) -> torch.Tensor | None:
         if self.adapters is None or not self.adapters.groups:
             return None
@@ -169,6 +194,15 @@ class EwcStrategy(Strategy):
         super().__init__(spec, model, config)
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**{f"fisher/{n}": v for n, v in self.fisher.items()}, **{f"anchor/{n}": v for n, v in self.anchor.items()}}
+
+    def restore(self, tensors: dict[str, torch.Tensor], model_keys: set[str]) -> None:
+        device = next(self.model.parameters()).device
+        for key, value in tensors.items():
+            kind, name = key.split("/", 1)
+            {"fisher": self.fisher, "anchor": self.anchor}[kind][name] = value.to(device)
 
     def penalty(self) -> torch.Tensor | None:
         if not self.fisher:

@@ -1,0 +1,150 @@
+"""Crash-safe state of a run: one checkpoint per finished task, and the manifest of task updates.
+
+``RUN/checkpoints/<t>-<task>/`` holds, after task t finished and was evaluated:
+
+* ``state.safetensors`` — the model's weights (the merged updates included) and the method's own
+  tensors (ELLA's W_past, O-LoRA's past A matrices, EWC's Fisher and anchor, seqlora's adapter);
+* ``state.json`` — the results so far, the RNG states and the resolved configuration.
+
+A checkpoint is written into a temporary folder that is renamed into place, so a crash (even
+SIGKILL) leaves either the whole checkpoint or none. Resuming loads the newest one and restores the
+RNG states, so the tasks after it run exactly as they would have without the interruption.
+
+``RUN/deltas/manifest.json`` lists every task's update file with its SHA-256; ``rollback`` and
+``apply`` refuse a file whose hash or shapes do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from jumplora.errors import JumploraError
+
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+MODEL_PREFIX = "model/"
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """The torch (CPU and CUDA), numpy and Python generators, as tensors and JSON."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda{i}"] = state
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    python = random.getstate()
+    return tensors, {"numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+                     "python": [python[0], list(python[1]), python[2]]}
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], states: dict) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, strategy_tensors: dict[str, torch.Tensor],
+                    info: dict, keep: int = 2) -> None:
+    """Write ``folder`` atomically, then keep only the ``keep`` newest checkpoints beside it."""
+    rng_tensors, rng_json = rng_state()
+    tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({k: v.detach().cpu().contiguous() for k, v in strategy_tensors.items()})
+    tensors.update(rng_tensors)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_unshare(tensors), str(tmp / STATE_TENSORS))
+    (tmp / STATE_JSON).write_text(json.dumps({**info, "rng": rng_json}))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    done = sorted(p for p in folder.parent.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return None
+    done = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(model state, strategy tensors, info with RNG states); a damaged checkpoint is a JumploraError."""
+    try:
+        tensors = load_file(str(folder / STATE_TENSORS))
+        info = json.loads((folder / STATE_JSON).read_text())
+    except (OSError, SafetensorError, ValueError) as error:
+        raise JumploraError(
+            f"checkpoint {folder} is damaged ({str(error).splitlines()[0]}): delete it to resume from the one before"
+        ) from None
+    model = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    rest = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
+    return model, rest, info
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (tied embeddings): store each one on its own.
+    seen, out = set(), {}
+    for key, value in tensors.items():
+        pointer = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        out[key] = value.clone() if pointer in seen else value
+        seen.add(pointer)
+    return out
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_delta(run_dir: Path, index: int, task: str, file: Path) -> None:
+    """Add (or replace) task ``index``'s entry in ``deltas/manifest.json``, atomically."""
+    manifest_path = run_dir / "deltas" / "manifest.json"
+    entries = read_manifest(run_dir) if manifest_path.is_file() else []
+    entries = [e for e in entries if e["index"] != index] + [
+        {"index": index, "task": task, "file": file.name, "sha256": sha256(file)}]
+    tmp = manifest_path.with_name("manifest.json.tmp")
+    tmp.write_text(json.dumps(sorted(entries, key=lambda e: e["index"]), indent=1))
+    tmp.replace(manifest_path)
+
+
+def read_manifest(run_dir: Path) -> list[dict]:
+    path = run_dir / "deltas" / "manifest.json"
+    if not path.is_file():
+        raise JumploraError(f"{run_dir} has no deltas/manifest.json: pass the folder of one method and seed "
+                            "(OUTPUT/<method>/seed<k>) of a run that merges per-task updates")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise JumploraError(f"{path} is not valid JSON") from None
+
+
+def verified_delta(run_dir: Path, task: str) -> Path:
+    """The update file of ``task``, after checking its SHA-256 against the manifest."""
+    entries = [e for e in read_manifest(run_dir) if e["task"] == task]
+    if not entries:
+        known = ", ".join(e["task"] for e in read_manifest(run_dir))
+        raise JumploraError(f"no update for task {task!r} in {run_dir}: its tasks are {known}")
+    path = run_dir / "deltas" / entries[0]["file"]
+    if not path.is_file() or sha256(path) != entries[0]["sha256"]:
+        raise JumploraError(f"{path} is missing or does not match its SHA-256 in the manifest: refusing to apply it")
+    return path

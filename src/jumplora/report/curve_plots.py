@@ -1,0 +1,101 @@
+"""Curves over the optimiser steps of the whole stream, tasks end to end: the JumpLoRA threshold τ and
+the training loss. One line per method (mean over seeds), dotted lines between tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from jumplora.report.document import Figure, Paragraph
+from jumplora.report.load import Run
+from jumplora.report.style import by_method, legend_below, mark_tasks, nan_mean, new_figure, save
+
+SMOOTHING = 25  # a task's loss curve is averaged over windows of 1/SMOOTHING of its steps
+
+
+def threshold_trace(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:
+    """τ at each step; for a per-block threshold, the mean over blocks and a band from the lowest to the highest."""
+    traced = _runs_with(runs, _tau)
+    if not traced:
+        return Paragraph("Threshold τ over training: no run on this stream recorded a threshold_trace (plain "
+                         "LoRA methods have no τ; files written before traces were recorded lack it); figure skipped.")
+
+    canvas, ax = new_figure((7.0, 4.5))
+    _plot_curves(ax, traced, _tau, colors, band=True)
+    values = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+    low, high = np.nanmin(values), np.nanmax(values)
+    if low > 0 and high / low > 20:
+        ax.set_yscale("log")
+    ax.set(title="JumpLoRA threshold τ during training", xlabel="optimiser step (tasks end to end)", ylabel="τ")
+    mark_tasks(ax, _task_lengths(traced, _tau), list(traced[0].stream.tasks))
+    caption = (f"The JumpReLU threshold τ at every optimiser step on {traced[0].stream.label}, tasks in training "
+               "order with dotted lines between them; mean over seeds. With a threshold per block, the line is "
+               "the mean over blocks and the band spans the lowest to the highest block's τ.")
+    return save(canvas, folder, filename, caption)
+
+
+def loss_curves(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:
+    """The training loss at each step, each task's curve smoothed on its own."""
+    logged = _runs_with(runs, _loss)
+    if not logged:
+        return Paragraph("Training loss: no run on this stream recorded its losses; figure skipped.")
+
+    canvas, ax = new_figure((7.0, 4.5))
+    _plot_curves(ax, logged, _loss, colors, band=False)
+    ax.set(title="Training loss", xlabel="optimiser step (tasks end to end)", ylabel="loss")
+    mark_tasks(ax, _task_lengths(logged, _loss), list(logged[0].stream.tasks))
+    caption = (f"Training loss of every step on {logged[0].stream.label}, tasks in training order with dotted lines "
+               f"between them; mean over seeds. A task of {2 * SMOOTHING} steps or more is smoothed by a centred "
+               f"moving average over 1/{SMOOTHING} of its steps.")
+    return save(canvas, folder, filename, caption)
+
+
+def smooth(x: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` steps, the window cut short at both ends (no padding)."""
+    if window <= 1:
+        return x
+    cumulative = np.concatenate([[0.0], np.cumsum(x)])
+    steps = np.arange(len(x))
+    start, stop = np.clip(steps - window // 2, 0, len(x)), np.clip(steps + window // 2 + 1, 0, len(x))
+    return (cumulative[stop] - cumulative[start]) / (stop - start)
+
+
+Series = Callable[[Run, str], np.ndarray | None]  # (groups, steps) of one task of a run, None if absent
+
+
+def _tau(run: Run, task: str) -> np.ndarray | None:
+    """τ of each threshold group (rows) at each step of ``task``."""
+    trace = (run.results.get("threshold_trace") or {}).get(task)
+    return np.array(list(trace.values()), dtype=float) if trace else None
+
+
+def _loss(run: Run, task: str) -> np.ndarray | None:
+    """The loss of each step of ``task`` as one row, smoothed over 1/SMOOTHING of the task."""
+    values = (run.results.get("losses") or {}).get(task)
+    return smooth(np.array(values, dtype=float), len(values) // SMOOTHING)[None, :] if values else None
+
+
+def _runs_with(runs: list[Run], series: Series) -> list[Run]:
+    return [run for run in runs if any(series(run, task) is not None for task in run.stream.tasks)]
+
+
+def _plot_curves(ax, runs: list[Run], series: Series, colors: dict, band: bool) -> None:
+    """Per method: each run's series, tasks end to end, reduced over groups, then averaged over seeds."""
+    for method, group in by_method(runs).items():
+        per_run = [[part for task in run.stream.tasks if (part := series(run, task)) is not None] for run in group]
+        curves = {name: nan_mean([np.concatenate([reduce(p, axis=0) for p in parts]) for parts in per_run if parts])
+                  for name, reduce in (("mean", np.mean), ("low", np.min), ("high", np.max))}
+        steps = np.arange(1, len(curves["mean"]) + 1)
+        ax.plot(steps, curves["mean"], color=colors[method], label=method, linewidth=1.5)
+        if band and not np.allclose(curves["low"], curves["high"], equal_nan=True):
+            ax.fill_between(steps, curves["low"], curves["high"], color=colors[method], alpha=0.2, linewidth=0)
+    ax.grid(alpha=0.3)
+    legend_below(ax.figure, ax.get_lines())
+
+
+def _task_lengths(runs: list[Run], series: Series) -> list[int]:
+    """Steps per task, from the runs that trained it."""
+    tasks = runs[0].stream.tasks
+    return [max((part.shape[1] for run in runs if (part := series(run, task)) is not None), default=0) for task in tasks]
