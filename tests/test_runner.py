@@ -108,3 +108,18 @@ def test_minilm_learns_the_toy_stream_and_fwt_uses_single_task_runs(stream, tmp_
     stamp = cache.stat().st_mtime_ns
     assert main(args) == 0  # the single-task runs are cached, not trained again
     assert cache.stat().st_mtime_ns == stamp
+
+
+def test_lambda_search_picks_per_task_by_dev_accuracy(stream, tmp_path):
+    model, tokenizer = tiny_llama()
+    model.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    assert main(["run", "--model", str(tmp_path / "llama"), "--task-file", str(stream), "--method", "jumplora+ella",
+                 "--output", str(tmp_path / "out"), "--batch-size", "8", "--ella-lambda-search", "true",
+                 "--ella-lambda-grid", "1,1000", "--save-model", "false"]) == 0
+    results = json.loads((tmp_path / "out" / "jumplora+ella" / "seed0" / "results.json").read_text())
+    assert len(results["chosen_lambda"]) == 2 and set(results["chosen_lambda"]) <= {1.0, 1000.0}
+    for task, chosen in zip(["sport", "mood"], results["chosen_lambda"]):
+        scores = results["lambda_search"][task]
+        assert set(scores) == {"1", "1000"}
+        assert scores[f"{chosen:g}"] == max(scores.values())  # the first of the best wins a tie

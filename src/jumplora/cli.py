@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tasks": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated task names"),
         "targets": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated module names"),
         "ella_lambda": dict(type=_lambdas, help="ELLA λ: one value, or one per task comma-separated"),
+        "ella_lambda_grid": dict(type=lambda s: [float(v) for v in s.split(",")],
+                                 help="λ candidates of --ella-lambda-search, comma-separated"),
     }
     for field in dataclasses.fields(RunConfig):
         options = dict(special.get(field.name, {}))

@@ -56,6 +56,8 @@ class RunConfig:
     # Method weights
     ella_lambda: float | list[float] | None = None  # None = the paper's per-order values
     ella_delta: str = "sparse"  # JumpLoRA + ELLA: penalise ΔW_jump (sparse) or ΔW_interp
+    ella_lambda_search: bool = False  # per task, pick λ from the grid by dev accuracy (paper App. A.2)
+    ella_lambda_grid: list[float] = field(default_factory=lambda: [1.0, 10.0, 1e2, 1e3, 1e4, 1e5])
     olora_lambda: float = 0.5
     ewc_lambda: float = 5000.0
     # Evaluation and outputs
@@ -111,6 +113,8 @@ class RunConfig:
             if value is not None and value < 1:
                 raise JumploraError(f"{name} must be >= 1, got {value}")
         lambdas = self.ella_lambda if isinstance(self.ella_lambda, list) else [self.ella_lambda or 0.0]
+        if self.ella_lambda_search and (not self.ella_lambda_grid or min(self.ella_lambda_grid) < 0):
+            raise JumploraError("ella_lambda_grid must list at least one value >= 0")
         if any(value < 0 for value in lambdas) or self.olora_lambda < 0 or self.ewc_lambda < 0:
             raise JumploraError("penalty weights (ella_lambda, olora_lambda, ewc_lambda) must be >= 0")
         if self.ella_delta not in ELLA_DELTA_MODES:

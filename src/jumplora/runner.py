@@ -19,7 +19,15 @@ from accelerate.utils import set_seed
 
 from jumplora import metrics
 from jumplora.adapters import TaskUpdate
-from jumplora.checkpoint import latest_checkpoint, load_checkpoint, read_manifest, record_delta, restore_rng, save_checkpoint
+from jumplora.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_manifest,
+    record_delta,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from jumplora.config import RunConfig
 from jumplora.data import Task, demo_stream, is_correct, load_benchmark, load_task_file, subsample
 from jumplora.errors import JumploraError
@@ -62,6 +70,7 @@ def resolve_stream(config: RunConfig) -> list[Task]:
     for task in tasks:
         task.train = subsample(task.train, config.max_train_per_task, seed=0)
         task.test = subsample(task.test, config.max_test_per_task, seed=0)
+        task.dev = subsample(task.dev, config.max_test_per_task, seed=0)
     return tasks
 
 
@@ -90,10 +99,13 @@ def _tasks_from_file(path: Path) -> list[Task]:
     return tasks
 
 
-def evaluate(model, family, task: Task, batch_size: int) -> float:
-    """Accuracy (percent) on the task's test split, exact match after normalisation."""
-    predictions = family.predict(model, task, task.test, batch_size=batch_size)
-    return 100.0 * float(np.mean([is_correct(p, e.label) for p, e in zip(predictions, task.test)]))
+def evaluate(model, family, task: Task, batch_size: int, split: str = "test") -> float:
+    """Accuracy (percent) on one split of the task, exact match after normalisation."""
+    examples = task.split(split)
+    if not examples:
+        raise JumploraError(f"task {task.name} has no {split} examples to evaluate on")
+    predictions = family.predict(model, task, examples, batch_size=batch_size)
+    return 100.0 * float(np.mean([is_correct(p, e.label) for p, e in zip(predictions, examples)]))
 
 
 def run(config: RunConfig, log=print, resume: bool = False) -> list[dict]:
@@ -167,7 +179,13 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
             continue
         label = "+".join(task.name for task in stage_tasks)
         plan = batches(stage_tasks, config.batch_size, config.epochs, seed * 1000 + t, None)
-        info = train_task(model, family, strategy, t, plan, config, accelerator, f"{label} ({method}, seed {seed})")
+        name = f"{label} ({method}, seed {seed})"
+        if config.ella_lambda_search and spec.base == "ella":
+            info = search_lambda(model, family, strategy, t, plan, tasks, config, accelerator, name, log)
+            results["chosen_lambda"] = strategy.ella_lambdas[: t + 1]
+            results.setdefault("lambda_search", {})[label] = info["search"]
+        else:
+            info = train_task(model, family, strategy, t, plan, config, accelerator, name)
         if t == T - 1:
             strategy.finish()
         update = info["update"]
@@ -229,6 +247,40 @@ def _restore(checkpoint: Path, out: Path, model, strategy, spec):
             masks.append({k: m for k, m in TaskUpdate.load(out / "deltas" / entry["file"]).masks().items()})
     restore_rng(rng, info["rng"])
     return info["index"] + 1, results, accuracy, masks
+
+
+def search_lambda(model, family, strategy, t, plan, tasks, config, accelerator, name, log) -> dict:
+    """ELLA's λ for task t by the paper's search (App. A.2): train the task once per candidate from the
+    same starting state (weights, W_past, RNG) and keep the candidate with the best dev accuracy
+    averaged over the tasks seen so far."""
+    start = _snapshot(model, strategy)
+    best, scores = None, {}
+    for lam in config.ella_lambda_grid:
+        _restore_snapshot(start, model, strategy)
+        strategy.ella_lambdas[t] = lam
+        info = train_task(model, family, strategy, t, plan, config, accelerator, f"{name} λ={lam:g}")
+        scores[f"{lam:g}"] = float(np.mean([evaluate(model, family, task, config.eval_batch_size, "dev")
+                                            for task in tasks[: t + 1]]))
+        if best is None or scores[f"{lam:g}"] > best[0]:
+            best = (scores[f"{lam:g}"], lam, info, _snapshot(model, strategy))
+    _, lam, info, state = best
+    _restore_snapshot(state, model, strategy)
+    strategy.ella_lambdas[t] = lam
+    log(f"  λ search for {name}: dev accuracy {scores} -> λ = {lam:g}")
+    return {**info, "search": scores}
+
+
+def _snapshot(model, strategy) -> tuple:
+    rng_tensors, rng_json = rng_state()
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {k: v.clone() for k, v in strategy.ella.past.items()}, rng_tensors, rng_json)
+
+
+def _restore_snapshot(snapshot: tuple, model, strategy) -> None:
+    weights, past, rng_tensors, rng_json = snapshot
+    model.load_state_dict(weights)
+    strategy.ella.past = {k: v.clone() for k, v in past.items()}
+    restore_rng(rng_tensors, rng_json)
 
 
 def single_task_baselines(config, method, seed, tasks, accelerator, log) -> list[float]:

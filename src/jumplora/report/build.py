@@ -62,10 +62,13 @@ def _overview(runs: list[Run], run_dirs: list[Path]) -> str:
     incomplete = [f"{r.method} seed {r.seed} on {r.stream.label} ({r.finished}/{len(r.stream.tasks)} tasks)"
                   for r in runs if not r.complete]
     text = (f"{len(runs)} runs from {', '.join(str(d) for d in run_dirs)}. Every table cell is a mean ± sample "
-            "standard deviation (n - 1 in the denominator) over the complete runs it covers; a single run shows ± 0.0.")
+            "standard deviation (n - 1 in the denominator) over the complete runs it covers; a single run "
+            "shows ± 0.0.")
     if incomplete:
-        text += " Incomplete runs, shown in the figures and the list of runs but left out of the tables: " + "; ".join(incomplete) + "."
-    collapsed = [f"{r.method} seed {r.seed} ({', '.join(r.results['collapsed'])})" for r in runs if r.results.get("collapsed")]
+        text += (" Incomplete runs, shown in the figures and the list of runs but left out of the tables: "
+                 + "; ".join(incomplete) + ".")
+    collapsed = [f"{r.method} seed {r.seed} ({', '.join(r.results['collapsed'])})"
+                 for r in runs if r.results.get("collapsed")]
     if collapsed:
         text += " The gate collapsed (sparsity 0% or 100% in some layer) in: " + "; ".join(collapsed) + "."
     return text
@@ -86,7 +89,7 @@ def _figures(runs: list[Run], output: Path) -> list[Block]:
     blocks: list[Block] = []
     for stream in streams:
         suffix = f"_{_slug(stream.label)}" if len(streams) > 1 else ""
-        members = sorted((run for run in runs if run.stream == stream), key=lambda r: (method_sort_key(r.method), r.seed))
+        members = sorted((r for r in runs if r.stream == stream), key=lambda r: (method_sort_key(r.method), r.seed))
         blocks.append(Heading(f"Figures: {stream.label} ({' → '.join(stream.tasks)})"))
         blocks += [figure(members, output, f"{name}{suffix}.png", colors) for name, figure in STREAM_FIGURES]
         blocks.append(Heading("Accuracy matrices", 3))

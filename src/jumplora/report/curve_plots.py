@@ -98,4 +98,5 @@ def _plot_curves(ax, runs: list[Run], series: Series, colors: dict, band: bool) 
 def _task_lengths(runs: list[Run], series: Series) -> list[int]:
     """Steps per task, from the runs that trained it."""
     tasks = runs[0].stream.tasks
-    return [max((part.shape[1] for run in runs if (part := series(run, task)) is not None), default=0) for task in tasks]
+    return [max((part.shape[1] for run in runs if (part := series(run, task)) is not None), default=0)
+            for task in tasks]

@@ -7,6 +7,7 @@ The checks cover what the report reads; a file that fails one is an error naming
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -72,10 +73,13 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
 
 def _results_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise JumploraError(f"run folder {folder} does not exist: pass the OUTPUT folder of `jumplora run`")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise JumploraError(f"run folder {folder} {problem}: pass the OUTPUT folder of `jumplora run`")
     found = [path for path in folder.rglob(RESULTS) if SKIPPED_FOLDER not in path.relative_to(folder).parts[:-1]]
     if not found:
-        raise JumploraError(f"no {RESULTS} below {folder}: pass the OUTPUT folder of a finished task of `jumplora run`")
+        raise JumploraError(
+            f"no {RESULTS} below {folder}: pass the OUTPUT folder of `jumplora run` (written once a task is finished)"
+        )
     return found
 
 
@@ -113,8 +117,7 @@ def _stream(tasks: list[str], config: dict) -> Stream:
         order = DEFAULT_ORDER[benchmark]
     if order is not None:
         return Stream(tuple(tasks), int(order), benchmark_of_order(order), f"order {order}")
-    custom = benchmark != "demo" and (benchmark is not None or config.get("tasks") or config.get("task_file"))
-    name = "custom" if custom else "demo"
+    name = "custom" if config.get("tasks") or config.get("task_file") else "demo"
     return Stream(tuple(tasks), None, name, name)
 
 
@@ -130,13 +133,9 @@ def _label_streams(runs: list[Run]) -> list[Run]:
         lists = task_lists[run.stream.label]
         if len(lists) > 1:
             label = f"{run.stream.label} {lists.index(run.stream.tasks) + 1}"
-            run = _replace_stream(run, Stream(run.stream.tasks, run.stream.order, run.stream.benchmark, label))
+            run = dataclasses.replace(run, stream=dataclasses.replace(run.stream, label=label))
         relabelled.append(run)
     return relabelled
-
-
-def _replace_stream(run: Run, stream: Stream) -> Run:
-    return Run(run.path, run.results, run.method, run.seed, stream, run.accuracy)
 
 
 def _check(results, path: Path) -> None:
@@ -162,7 +161,7 @@ def _check(results, path: Path) -> None:
     if not (_fits(matrix, ("list", row_shape)) and len(matrix) == T and all(len(row) == T for row in matrix)):
         fail("'accuracy_matrix'", f"a {T} x {T} list of numbers and nulls (one row and column per task)")
     if any(value is None for value in matrix[finished - 1][:finished]):
-        fail(f"row {finished - 1} of 'accuracy_matrix'", f"filled up to task {finished - 1} ('finished_tasks' is {finished})")
+        fail(f"row {finished - 1} of 'accuracy_matrix'", f"filled up to column {finished - 1} (finished_tasks = {finished})")
     for field, shape in OPTIONAL_FIELDS.items():
         value = results
         for key in field:
@@ -175,9 +174,11 @@ def _check(results, path: Path) -> None:
 
 
 # What the report reads besides the accuracy matrix; each may be absent (older files, other methods).
-NUMBER, OPTIONAL_NUMBER, ANY = "number", "number or null", "anything"
+NUMBER, OPTIONAL_NUMBER, TEXT, ANY = "number", "number or null", "text", "anything"
 OPTIONAL_FIELDS = {
     ("config",): ("map", ANY),
+    ("collapsed",): ("list", TEXT),
+    ("timing", "total_s"): NUMBER,
     ("single_task_accuracy",): ("list", NUMBER),
     ("losses",): ("map", ("list", NUMBER)),
     ("mean_sparsity",): ("map", NUMBER),
@@ -189,10 +190,12 @@ OPTIONAL_FIELDS = {
 
 
 def _fits(value, shape) -> bool:
-    """Whether ``value`` (parsed JSON) has ``shape``: NUMBER, OPTIONAL_NUMBER, ANY, ("list", inner) or
+    """Whether ``value`` (parsed JSON) has ``shape``: NUMBER, OPTIONAL_NUMBER, TEXT, ANY, ("list", inner) or
     ("map", inner), an object whose every value has shape ``inner``."""
     if shape == ANY:
         return True
+    if shape == TEXT:
+        return isinstance(value, str)
     if shape in (NUMBER, OPTIONAL_NUMBER):
         return (value is None and shape == OPTIONAL_NUMBER) or (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
@@ -210,6 +213,6 @@ def _describe(shape) -> str:
 
 def _plural(shape) -> str:
     if isinstance(shape, str):
-        return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", ANY: "values"}[shape]
+        return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", TEXT: "names", ANY: "values"}[shape]
     kind, inner = shape
     return f"{'lists' if kind == 'list' else 'objects'} of {_plural(inner)}"

@@ -45,8 +45,8 @@ def sparsity_overlap(runs: list[Run], folder: Path, filename: str, colors: dict)
         ax.grid(alpha=0.3)
     legend_below(canvas, left.get_lines())
     caption = (f"Left: mean sparsity (fraction of exact zeros) of each task's merged JumpLoRA update on "
-               f"{jump[0].stream.label}. Right: the Jaccard index |A∩B|/|A∪B| of its non-zero entries with those of each "
-               "earlier task, averaged over earlier tasks and layers (none for the first task). Mean over seeds "
+               f"{jump[0].stream.label}. Right: the Jaccard index |A∩B|/|A∪B| of its non-zero entries with those "
+               "of each earlier task, averaged over earlier tasks and layers (none for the first task). Mean over seeds "
                "(paper Fig. 3).")
     return save(canvas, folder, filename, caption)
 

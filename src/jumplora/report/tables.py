@@ -55,7 +55,8 @@ def run_metrics(run: Run) -> dict[str, float | None]:
     if np.isnan(a[np.tril_indices(f)]).any():
         return {"oa": float(np.mean(a[-1])), "bwt": None, "fwt": None}
     single = run.results.get("single_task_accuracy")
-    return {"oa": overall_accuracy(a), "bwt": backward_transfer(a), "fwt": forward_transfer(a, single[:f] if single else None)}
+    fwt = forward_transfer(a, single[:f] if single else None)
+    return {"oa": overall_accuracy(a), "bwt": backward_transfer(a), "fwt": fwt}
 
 
 def group_summaries(runs: list[Run], metric: str, key: Callable[[Run], Hashable]) -> dict[Hashable, Summary]:
@@ -83,7 +84,8 @@ def oa_table(runs: list[Run]) -> Table:
 def transfer_table(runs: list[Run]) -> Table:
     """Table 2: BWT and FWT per benchmark (SC = orders 1-3, LS = orders 4-6); one row per method."""
     suites = list(dict.fromkeys(suite(stream) for stream in sorted({r.stream for r in runs}, key=stream_sort_key)))
-    cells = {metric: group_summaries(runs, metric, lambda run: (run.method, suite(run.stream))) for metric in ("bwt", "fwt")}
+    cells = {metric: group_summaries(runs, metric, lambda run: (run.method, suite(run.stream)))
+             for metric in ("bwt", "fwt")}
     rows = []
     for method in methods(runs):
         row = [_cell(cells[metric].get((method, s))) for s in suites for metric in ("bwt", "fwt")]
@@ -108,8 +110,9 @@ def ablation_table(runs: list[Run]) -> Table | None:
         return suite(run.stream), config.get("threshold_mode", "global"), config.get("ella_delta", "sparse")
 
     cells = {metric: group_summaries(ablation, metric, setting) for metric in ("oa", "bwt")}
+    suites = dict.fromkeys(setting(run)[0] for run in ablation)
     rows = [[f"{s}: τ {mode}", *(_cell(cells[metric].get((s, mode, delta))) for metric in cells for delta in ELLA_DELTAS)]
-            for s in dict.fromkeys(setting(run)[0] for run in ablation) for mode in THRESHOLD_MODES]
+            for s in suites for mode in THRESHOLD_MODES]
     header = ["Threshold", *(f"{metric.upper()} ({delta} ΔW)" for metric in cells for delta in ELLA_DELTAS)]
     caption = ("jumplora+ella ablation: one τ for the model (global) or one per block (per_block), and the ELLA "
                "penalty on the sparse update ΔW_jump or on ΔW_interp. Mean ± sample std over orders and seeds, %.")

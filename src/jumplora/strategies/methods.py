@@ -239,4 +239,4 @@ def make_strategy(spec: MethodSpec, model: nn.Module, config, num_tasks: int) ->
         lambdas = [float(lambdas)] * num_tasks
     if spec.base == "ella" and len(lambdas) != num_tasks:
         raise JumploraError(f"ella_lambda lists {len(lambdas)} values for a stream of {num_tasks} tasks: give one per task")
-    return AdapterStrategy(spec, model, config, lambdas)
+    return AdapterStrategy(spec, model, config, list(lambdas))  # a copy: the λ search writes into it
