@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         options.setdefault("help", _field_help(field))
         run.add_argument(flag, dest=field.name, default=None, **options)
     sub.add_parser("list", help="benchmarks, orders, methods and presets")
+    sweep = sub.add_parser("sweep", help="methods × orders × seeds from one YAML, skipping finished runs, then the report")
+    sweep.add_argument("--config", required=True, help="a run config whose `order` may be a list of orders")
+    sweep.add_argument("--force", action="store_true", help="continue runs whose saved settings differ")
+    report = sub.add_parser("report", help="tables and figures from the results.json files of one or more runs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--output", default="report", help="folder for report.md, report.html and the PNGs")
     rollback = sub.add_parser("rollback", help="write the final model of a run without one task's update")
     rollback.add_argument("run_dir", metavar="RUN", help="OUTPUT/<method>/seed<k> of a finished run")
     rollback.add_argument("--task", required=True, help="the task whose update to remove")
@@ -83,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             print(list_text())
         elif args.command == "run":
             _run(args)
+        elif args.command == "sweep":
+            from jumplora.runner import sweep
+
+            print(f"report: {sweep(Path(args.config), force=args.force)}")
+        elif args.command == "report":
+            from jumplora.report import build_report
+
+            print(f"report: {build_report([Path(d) for d in args.run_dirs], Path(args.output))}")
         else:
             from jumplora.surgery import apply_update, rollback
 
@@ -98,22 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> None:
     from jumplora.config import load_config
-    from jumplora.runner import CONFIG_FILE, run
+    from jumplora.runner import resumable_config, run
 
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("command", "config", "preset", "resume", "force") and v is not None}
     if args.resume:
-        saved = Path(args.resume) / CONFIG_FILE
-        if not saved.is_file():
-            raise JumploraError(f"no run to resume in {args.resume} (no {CONFIG_FILE}): pass the --output of a run")
-        base = load_config(saved)
-        overrides.setdefault("output", args.resume)
-        config = load_config(saved, overrides=overrides)
-        changed = sorted(k for k, v in config.to_dict().items() if v != base.to_dict()[k])
-        if changed and not args.force:
-            raise JumploraError(f"the run in {args.resume} used other settings for {', '.join(changed)}: "
-                                "drop those flags, or add --force to resume with them")
-        run(config, resume=True)
+        run(resumable_config(Path(args.resume), overrides, args.force), resume=True)
         return
     preset = args.preset or (None if args.config or _has_data_flags(overrides) else "demo")
     run(load_config(args.config, preset, overrides))

@@ -159,7 +159,7 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
             raise JumploraError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
     if path is not None:
-        values.update(_read_yaml(Path(path)))
+        values.update(load_yaml(Path(path)))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(values) - known)
@@ -171,7 +171,7 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
         raise JumploraError(f"bad configuration: {error}") from None
 
 
-def _read_yaml(path: Path) -> dict:
+def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise JumploraError(f"config file {path} not found")
     try:

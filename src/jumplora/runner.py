@@ -28,7 +28,7 @@ from jumplora.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from jumplora.config import RunConfig
+from jumplora.config import RunConfig, load_config, load_yaml
 from jumplora.data import Task, demo_stream, is_correct, load_benchmark, load_task_file, subsample
 from jumplora.errors import JumploraError
 from jumplora.families import load_model
@@ -129,6 +129,44 @@ def run(config: RunConfig, log=print, resume: bool = False) -> list[dict]:
     if accelerator.is_main_process:
         log(summary_table(all_results))
     return all_results
+
+
+def resumable_config(output: Path, overrides: dict, force: bool = False) -> RunConfig:
+    """The saved configuration of the run in ``output`` with ``overrides``; a change is refused
+    (naming the keys) unless ``force``."""
+    saved = output / CONFIG_FILE
+    if not saved.is_file():
+        raise JumploraError(f"no run to resume in {output} (no {CONFIG_FILE}): pass the --output of a run")
+    base = load_config(saved)
+    config = load_config(saved, overrides={"output": str(output), **overrides})
+    changed = sorted(k for k, v in config.to_dict().items() if v != base.to_dict()[k])
+    if changed and not force:
+        raise JumploraError(f"the run in {output} used other settings for {', '.join(changed)}: "
+                            "drop those flags, or add --force to resume with them")
+    return config
+
+
+def sweep(path: Path, force: bool = False, log=print) -> Path:
+    """Every order of a sweep file (``order`` may be a list) into OUTPUT/order<k>, then the report.
+
+    Runs already complete are skipped and stopped ones resumed (their settings must not have changed).
+    """
+    values = load_yaml(path)
+    orders = values.pop("order", None)
+    orders = orders if isinstance(orders, list) else [orders]
+    output = Path(values.pop("output", "runs/sweep"))
+    folders = []
+    for order in orders:
+        folder = output / (f"order{order}" if order is not None else "stream")
+        settings = {**values, "order": order, "output": str(folder)}
+        if (folder / CONFIG_FILE).is_file():
+            run(resumable_config(folder, settings, force), log=log, resume=True)
+        else:
+            run(load_config(overrides=settings), log=log)
+        folders.append(folder)
+    from jumplora.report import build_report
+
+    return build_report(folders, output / "report")
 
 
 def _check_writable(output: Path) -> None:

@@ -207,6 +207,8 @@ def _fits(value, shape) -> bool:
 
 def _describe(shape) -> str:
     """``shape`` in words: ("map", ("list", NUMBER)) -> "an object of lists of numbers"."""
+    if isinstance(shape, str):
+        return {NUMBER: "a number", OPTIONAL_NUMBER: "a number or null", TEXT: "a name", ANY: "anything"}[shape]
     kind, inner = shape
     return f"{'a list' if kind == 'list' else 'an object'} of {_plural(inner)}"
 
