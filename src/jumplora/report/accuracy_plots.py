@@ -56,7 +56,7 @@ def bwt_radial(runs: list[Run], folder: Path, filename: str, colors: dict) -> Fi
     for method, group in by_method(sequential).items():
         final, worst = (np.mean(values, axis=0) for values in zip(*(forgetting_per_task(r.accuracy) for r in group)))
         handles += ax.plot(theta, np.append(final, final[0]), "-o", color=colors[method], label=method, markersize=4)
-        ax.plot(theta, np.append(worst, worst[0]), ":", color=colors[method], linewidth=1.2)
+        ax.plot(theta, np.append(worst, worst[0]), ":", color=colors[method], linewidth=1.0, alpha=0.7)
         radii += [*final, *worst]
     low, high = min(radii), max(radii)
     pad = max(1.0, 0.15 * (high - low))

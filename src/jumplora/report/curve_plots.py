@@ -23,13 +23,11 @@ def threshold_trace(runs: list[Run], folder: Path, filename: str, colors: dict) 
                          "LoRA methods have no τ; files written before traces were recorded lack it); figure skipped.")
 
     canvas, ax = new_figure((7.0, 4.5))
-    _plot_curves(ax, traced, _tau, colors, band=True)
-    values = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+    values = _plot_curves(ax, traced, _tau, colors, band=True)
     low, high = np.nanmin(values), np.nanmax(values)
     if low > 0 and high / low > 20:
         ax.set_yscale("log")
     ax.set(title="JumpLoRA threshold τ during training", xlabel="optimiser step (tasks end to end)", ylabel="τ")
-    mark_tasks(ax, _task_lengths(traced, _tau), list(traced[0].stream.tasks))
     caption = (f"The JumpReLU threshold τ at every optimiser step on {traced[0].stream.label}, tasks in training "
                "order with dotted lines between them; mean over seeds. With a threshold per block, the line is "
                "the mean over blocks and the band spans the lowest to the highest block's τ.")
@@ -45,7 +43,6 @@ def loss_curves(runs: list[Run], folder: Path, filename: str, colors: dict) -> F
     canvas, ax = new_figure((7.0, 4.5))
     _plot_curves(ax, logged, _loss, colors, band=False)
     ax.set(title="Training loss", xlabel="optimiser step (tasks end to end)", ylabel="loss")
-    mark_tasks(ax, _task_lengths(logged, _loss), list(logged[0].stream.tasks))
     caption = (f"Training loss of every step on {logged[0].stream.label}, tasks in training order with dotted lines "
                f"between them; mean over seeds. A task of {2 * SMOOTHING} steps or more is smoothed by a centred "
                f"moving average over 1/{SMOOTHING} of its steps.")
@@ -81,18 +78,26 @@ def _runs_with(runs: list[Run], series: Series) -> list[Run]:
     return [run for run in runs if any(series(run, task) is not None for task in run.stream.tasks)]
 
 
-def _plot_curves(ax, runs: list[Run], series: Series, colors: dict, band: bool) -> None:
-    """Per method: each run's series, tasks end to end, reduced over groups, then averaged over seeds."""
+def _plot_curves(ax, runs: list[Run], series: Series, colors: dict, band: bool) -> np.ndarray:
+    """Per method: each run's series, tasks end to end, reduced over groups, then averaged over seeds;
+    a line breaks between tasks, where the dotted task boundary is drawn. Returns every value drawn."""
+    lengths = _task_lengths(runs, series)
+    drawn = []
     for method, group in by_method(runs).items():
         per_run = [[part for task in run.stream.tasks if (part := series(run, task)) is not None] for run in group]
         curves = {name: nan_mean([np.concatenate([reduce(p, axis=0) for p in parts]) for parts in per_run if parts])
                   for name, reduce in (("mean", np.mean), ("low", np.min), ("high", np.max))}
-        steps = np.arange(1, len(curves["mean"]) + 1)
+        breaks = [end for end in np.cumsum(lengths)[:-1] if end < len(curves["mean"])]
+        steps = np.insert(np.arange(1.0, len(curves["mean"]) + 1), breaks, np.nan)
+        curves = {name: np.insert(curve, breaks, np.nan) for name, curve in curves.items()}
         ax.plot(steps, curves["mean"], color=colors[method], label=method, linewidth=1.5)
+        drawn.append(curves["mean"])
         if band and not np.allclose(curves["low"], curves["high"], equal_nan=True):
             ax.fill_between(steps, curves["low"], curves["high"], color=colors[method], alpha=0.2, linewidth=0)
     ax.grid(alpha=0.3)
     legend_below(ax.figure, ax.get_lines())
+    mark_tasks(ax, lengths, list(runs[0].stream.tasks))
+    return np.concatenate(drawn)
 
 
 def _task_lengths(runs: list[Run], series: Series) -> list[int]:

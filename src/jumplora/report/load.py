@@ -57,6 +57,8 @@ class Run:
 
 def load_runs(run_dirs: list[Path]) -> list[Run]:
     """Every run below ``run_dirs``, each file once; an error when there is none or two clash."""
+    if not run_dirs:
+        raise JumploraError("no run folder given: pass the OUTPUT folder of `jumplora run`")
     paths = sorted({path.resolve() for folder in run_dirs for path in _results_files(Path(folder))})
     runs = _label_streams([_load_run(path) for path in paths])
     seen: dict[tuple, Path] = {}

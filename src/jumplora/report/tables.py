@@ -13,7 +13,7 @@ import numpy as np
 
 from jumplora.metrics import backward_transfer, forward_transfer, overall_accuracy
 from jumplora.report.document import Table
-from jumplora.report.load import Run
+from jumplora.report.load import Run, Stream
 from jumplora.strategies.methods import METHODS
 
 MISSING = "—"
@@ -154,11 +154,11 @@ def method_sort_key(label: str) -> tuple:
     return (list(METHODS).index(base) if base in METHODS else len(METHODS), label)
 
 
-def stream_sort_key(stream) -> tuple:
+def stream_sort_key(stream: Stream) -> tuple:
     return (stream.order is None, stream.order or 0, stream.label)
 
 
-def suite(stream) -> str:
+def suite(stream: Stream) -> str:
     """The benchmark a stream belongs to: SC / LS for orders, else the stream's own label."""
     return stream.benchmark if stream.order is not None else stream.label
 
