@@ -17,12 +17,14 @@ weight gradient G = gᵀ·x, from which the gradients of A, B and τ follow by s
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from jumplora.adapters import _compat
-from jumplora.gate import jump_gate, reduce_entries, threshold_partial
+from jumplora.gate import jump_gate
 
 
 class ThresholdGroup(nn.Module):
@@ -64,6 +66,14 @@ class AdaptedLinear(nn.Module):
         self.gamma = 0.0
         self.train(base_layer.training)  # a model in eval mode must not start dropping out
 
+    def _gamma_tensor(self) -> torch.Tensor:
+        # One small host-to-device copy per change of γ, not one per forward.
+        cached = self.__dict__.get("_gamma_cache")
+        if cached is None or cached[0] != self.gamma or cached[1].device != self.lora_A.device:
+            cached = (self.gamma, torch.tensor(self.gamma, dtype=self.lora_A.dtype, device=self.lora_A.device))
+            self.__dict__["_gamma_cache"] = cached
+        return cached[1]
+
     def delta(self) -> torch.Tensor:
         """ΔW = B·A, (d_out, d_in), unscaled."""
         return self.lora_B @ self.lora_A
@@ -96,21 +106,63 @@ class AdaptedLinear(nn.Module):
         if self.fused:
             return _FoldedJumpLinear.apply(
                 x, weight, bias, self.lora_A, self.lora_B, self.threshold(),
-                self.scaling, self.gamma, self.bandwidth, self.reduction,
+                self.scaling, self._gamma_tensor(), self.bandwidth, self.reduction,
             )
         folded = weight + (self.scaling * self.interpolated_delta()).to(weight.dtype)
         return F.linear(x, folded, bias)
 
 
-def _interpolation(keep: torch.Tensor, gamma: float, dtype) -> torch.Tensor:
-    """∂ΔW_interp/∂ΔW on the straight-through path: (1−γ) + γ·H(|ΔW|−τ)."""
-    return keep.to(dtype).mul_(gamma).add_(1.0 - gamma)
+def fold_weight(weight, lora_A, lora_B, threshold, scaling: float, gamma):
+    """W + β·ΔW ⊙ ((1−γ) + γ·H(|ΔW| − τ)) = W + β·ΔW_interp, in W's dtype."""
+    delta = lora_B @ lora_A
+    coef = torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
+    return (delta * coef).to(weight.dtype) + weight
 
 
-def _fold(weight, delta, keep, scaling, gamma):
-    """W + β·ΔW ⊙ ((1−γ) + γ·keep), written over ``delta``'s memory (ΔW_interp ⊙ β, then + W)."""
-    delta.mul_(_interpolation(keep, gamma, delta.dtype)).mul_(scaling)
-    return delta.to(weight.dtype).add_(weight)
+def adapter_gradients(grad_weight, lora_A, lora_B, threshold, scaling: float, gamma, bandwidth: float, mean: bool):
+    """∂L/∂A, ∂L/∂B, ∂L/∂τ from the weight gradient G (module docstring).
+
+    The kernel terms of Eq. 2 are written |ΔW ± τ| < ε/2, the same set as −½ < (∓ΔW − τ)/ε < ½
+    without the divisions; both halves are kept, as they overlap when τ < ε/2.
+    """
+    delta = lora_B @ lora_A
+    half = bandwidth / 2
+    band = ((delta + threshold).abs() < half).to(delta.dtype) - ((delta - threshold).abs() < half).to(delta.dtype)
+    grad_tau = (grad_weight * band).sum() * (scaling * gamma * threshold / bandwidth)
+    if mean:
+        grad_tau = grad_tau / delta.numel()
+    grad_delta = grad_weight * torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
+    return lora_B.t() @ grad_delta, grad_delta @ lora_A.t(), grad_tau
+
+
+class _Kernels:
+    """fold_weight and adapter_gradients as run on a device: plain PyTorch on the CPU (what the
+    tests cover); on CUDA compiled by torch.compile into a few fused kernels, because there the
+    ~35 small elementwise launches per layer of the plain code cost more host time than the GPU
+    spends on them (benchmarks/layer.py). If compilation fails, the plain code is used."""
+
+    def __init__(self) -> None:
+        self.compiled = None
+
+    def get(self, device: torch.device):
+        if device.type != "cuda" or self.compiled is False:
+            return fold_weight, adapter_gradients
+        if self.compiled is None:
+            self.compiled = (torch.compile(fold_weight, dynamic=False), torch.compile(adapter_gradients, dynamic=False))
+        return self.compiled
+
+    def call(self, which: int, device, *args):
+        try:
+            return self.get(device)[which](*args)
+        except Exception as error:  # noqa: BLE001 - a compiler failure must not stop training
+            if self.compiled in (None, False):
+                raise
+            warnings.warn(f"torch.compile of the JumpLoRA layer failed ({type(error).__name__}); using eager PyTorch")
+            self.compiled = False
+            return (fold_weight, adapter_gradients)[which](*args)
+
+
+KERNELS = _Kernels()
 
 
 class _FoldedJumpLinear(torch.autograd.Function):
@@ -118,31 +170,26 @@ class _FoldedJumpLinear(torch.autograd.Function):
 
     Saves only x and the small factors; ΔW and the gate mask are recomputed in the backward (a
     d_out×r×d_in product, small next to the token matmuls), so no d_out×d_in tensor is kept between
-    forward and backward.
+    forward and backward. γ comes as a 0-dim tensor so that a compiled kernel is not rebuilt when
+    it changes every step.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction):
-        delta = lora_B @ lora_A
-        keep = delta.abs() > threshold
-        out = F.linear(x, _fold(weight, delta, keep, scaling, gamma), bias)
-        ctx.save_for_backward(x, weight, bias, lora_A, lora_B, threshold)
-        ctx.constants = (scaling, gamma, bandwidth, reduction)
-        return out
+        folded = KERNELS.call(0, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
+        ctx.save_for_backward(x, weight, bias, lora_A, lora_B, threshold, gamma)
+        ctx.constants = (scaling, bandwidth, reduction)
+        return F.linear(x, folded, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, lora_A, lora_B, threshold = ctx.saved_tensors
-        scaling, gamma, bandwidth, reduction = ctx.constants
+        x, weight, bias, lora_A, lora_B, threshold, gamma = ctx.saved_tensors
+        scaling, bandwidth, reduction = ctx.constants
         needs = ctx.needs_input_grad
         grad_out = grad_out.to(x.dtype)  # under autocast the output was computed in a lower precision
-        delta = lora_B @ lora_A
-        keep = delta.abs() > threshold
-        grad_tau_kernel = threshold_partial(delta, threshold, bandwidth) if needs[5] else None
         grad_x = grad_w = grad_b = grad_A = grad_B = grad_tau = None
         if needs[0]:
-            grad_x = grad_out @ _fold(weight, delta, keep, scaling, gamma)
-        del delta
+            grad_x = grad_out @ KERNELS.call(0, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         if needs[2]:
             grad_b = g2.sum(0)
@@ -151,10 +198,7 @@ class _FoldedJumpLinear(torch.autograd.Function):
             grad_weight = (g2.t() @ x.reshape(-1, x.shape[-1])).to(lora_A.dtype)
             if needs[1]:
                 grad_w = grad_weight.to(weight.dtype, copy=True)
-            if needs[5]:
-                per_entry = grad_weight * grad_tau_kernel
-                grad_tau = (scaling * gamma * reduce_entries(per_entry, reduction)).reshape(threshold.shape)
-            grad_delta = grad_weight.mul_(_interpolation(keep, gamma, grad_weight.dtype)).mul_(scaling)
-            grad_A = lora_B.t() @ grad_delta if needs[3] else None
-            grad_B = grad_delta @ lora_A.t() if needs[4] else None
+            grad_A, grad_B, grad_tau = KERNELS.call(
+                1, x.device, grad_weight, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction == "mean")
+            grad_tau = grad_tau.reshape(threshold.shape)
         return grad_x, grad_w, grad_b, grad_A, grad_B, grad_tau, None, None, None, None
