@@ -36,6 +36,10 @@ CASES = {
     "duplicate labels": (["--task-file", "{duplabels}"], "duplicates"),
     "bad yaml config": (["--config", "{badyaml}"], "not valid YAML"),
     "unknown config key": (["--config", "{unknownkey}"], "unknown configuration key(s) learning_rat"),
+    "unknown tracker": (["--log-with", "mlflow"], "unknown tracker(s) mlflow"),
+    "empty data file": (["--task-file", "{empty}"], "empty"),
+    "malformed data file": (["--task-file", "{malformed}"], "line 2"),
+    "task entry without path or hub": (["--task-file", "{nopath}"], "one of path (a file) or hub"),
     "demo with order": (["--benchmark", "demo", "--order", "1"], "demo benchmark has one fixed stream"),
     "target matching nothing": (["--targets", "nothing", "--task-file", "{tasks}", "--model", "{model}"],
                                 "match nothing"),
@@ -58,6 +62,11 @@ def files(tmp_path_factory, cl_benchmark_dir):
         if labels:
             entry["labels"] = labels
         paths[name] = write(root / f"{name}.yaml", json.dumps([entry]))
+    empty = write(root / "empty.jsonl", "")
+    malformed = write(root / "malformed.jsonl", json.dumps(good[0]) + "\n{not json\n")
+    for name, path in [("empty", empty), ("malformed", malformed)]:
+        paths[name] = write(root / f"{name}.yaml", json.dumps([{"name": "t", "path": str(path), "instruction": "?"}]))
+    paths["nopath"] = write(root / "nopath.yaml", json.dumps([{"name": "t", "instruction": "?"}]))
     paths["badyaml"] = write(root / "bad.yaml", "methods: [inclora\n")
     paths["unknownkey"] = write(root / "unknown.yaml", "learning_rat: 0.1\n")
     paths["bench"] = cl_benchmark_dir
@@ -98,3 +107,27 @@ def test_list_names_every_method(capsys):
     out = capsys.readouterr().out
     for name in ("seqft", "inclora", "ella", "olora", "ewc", "mtl", "jumplora+inclora", "jumplora+ella", "quick-sc"):
         assert name in out
+
+
+def test_trackers_start_only_when_asked_and_a_missing_one_is_named(files, capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    code = main(["run", "--output", str(tmp_path / "out"), "--task-file", str(files["tasks"]), "--log-with", "wandb"])
+    assert code == 2
+    assert "--log-with wandb needs the wandb package: pip install wandb" in capsys.readouterr().err
+
+
+def test_apply_refuses_an_update_for_another_model(files, tmp_path, capsys):
+    import torch
+
+    from jumplora import TaskUpdate
+
+    update = TaskUpdate({"model.layers.0.self_attn.q_proj": torch.ones(7, 7)}, "lora")
+    update.save(tmp_path / "other.safetensors")
+    code = main(["apply", "--model", str(files["model"]), "--update", str(tmp_path / "other.safetensors"),
+                 "--output", str(tmp_path / "new")])
+    assert code == 2
+    assert "belongs to another model" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new.tmp").exists()

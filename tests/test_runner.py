@@ -1,6 +1,7 @@
 """End to end: `jumplora run` on 2-task streams for every method and model family (slow)."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -63,6 +64,7 @@ def test_every_method_runs_the_stream(model_dir, stream, method, tmp_path):
                  "--output", str(tmp_path), "--batch-size", "8", "--learning-rate", "5e-3",
                  "--ella-lambda", "100", "--ewc-lambda", "10", "--save-model", str(method == "inclora")])
     assert code == 0
+    assert "wandb" not in sys.modules and "tensorboard" not in sys.modules  # no tracker unless asked
     out = tmp_path / method / "seed0"
     results = json.loads((out / "results.json").read_text())
     matrix = results["accuracy_matrix"]
@@ -123,3 +125,48 @@ def test_lambda_search_picks_per_task_by_dev_accuracy(stream, tmp_path):
         scores = results["lambda_search"][task]
         assert set(scores) == {"1", "1000"}
         assert scores[f"{chosen:g}"] == max(scores.values())  # the first of the best wins a tie
+
+
+def test_hub_tasks_go_through_the_datasets_library(tmp_path, monkeypatch):
+    """The hub path users take, on local JSON files through the real `datasets` library (no network)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = write_stream(tmp_path).parent
+    for name in ("sport", "mood"):
+        rows = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+        for split in ("train", "test"):
+            (folder / f"{name}-{split}.jsonl").write_text(
+                "\n".join(json.dumps({"text": r["sentence"], "label": r["label"]}) for r in rows if r["split"] == split))
+    entries = [{"name": name, "hub": "json", "instruction": instruction, "text_column": "text",
+                "data_files": {s: str(folder / f"{name}-{s}.jsonl") for s in ("train", "test")}}
+               for name, (instruction, _, _) in TOY.items()]
+    (folder / "hub.yaml").write_text(json.dumps(entries))
+    model, tokenizer = tiny_llama()
+    model.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    assert main(["run", "--model", str(tmp_path / "llama"), "--task-file", str(folder / "hub.yaml"),
+                 "--method", "inclora", "--output", str(tmp_path / "out"), "--batch-size", "8",
+                 "--save-model", "false"]) == 0
+    results = json.loads((tmp_path / "out" / "inclora" / "seed0" / "results.json").read_text())
+    assert results["tasks"] == ["sport", "mood"] and results["finished_tasks"] == 2
+    assert results["dropped"]["sport"]["test"] == 0
+
+
+def test_sweep_skips_finished_runs_and_writes_the_report(tmp_benchmark, tmp_path):
+    model, tokenizer = tiny_llama()
+    model.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(json.dumps({
+        "model": str(tmp_path / "llama"), "benchmark": "sc", "order": [1], "data_dir": str(tmp_benchmark),
+        "methods": ["inclora", "jumplora+inclora"], "seeds": [0, 1], "batch_size": 2, "save_model": False,
+        "output": str(tmp_path / "sweep"),
+    }))
+    assert main(["sweep", "--config", str(sweep_file)]) == 0
+    results = sorted((tmp_path / "sweep" / "order1").glob("*/seed*/results.json"))
+    assert len(results) == 4
+    stamps = [p.stat().st_mtime_ns for p in results]
+    assert main(["sweep", "--config", str(sweep_file)]) == 0  # nothing left to do: every run is skipped
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+    html = (tmp_path / "sweep" / "report" / "report.html").read_text()
+    assert "jumplora+inclora" in html and "data:image/png;base64" in html

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "seeds": dict(flag="--seed", action="append", type=int, help="random seed (repeatable)"),
         "tasks": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated task names"),
         "targets": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated module names"),
+        "log_with": dict(type=lambda s: [t for t in s.split(",") if t],
+                         help="trackers to log to, comma-separated: tensorboard, wandb (default: none)"),
         "ella_lambda": dict(type=_lambdas, help="ELLA λ: one value, or one per task comma-separated"),
         "ella_lambda_grid": dict(type=lambda s: [float(v) for v in s.split(",")],
                                  help="λ candidates of --ella-lambda-search, comma-separated"),

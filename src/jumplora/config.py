@@ -71,6 +71,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda (several GPUs: `accelerate launch`)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; adapters stay fp32)
     trust_remote_code: bool = False
+    # Tracking: nothing is started unless asked
+    log_with: list[str] | None = None  # tensorboard and/or wandb
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +121,9 @@ class RunConfig:
             raise JumploraError("penalty weights (ella_lambda, olora_lambda, ewc_lambda) must be >= 0")
         if self.ella_delta not in ELLA_DELTA_MODES:
             raise JumploraError(f"unknown ella_delta {self.ella_delta!r}: use one of {', '.join(ELLA_DELTA_MODES)}")
+        unknown_trackers = sorted(set(self.log_with or []) - {"tensorboard", "wandb"})
+        if unknown_trackers:
+            raise JumploraError(f"unknown tracker(s) {', '.join(unknown_trackers)}: use tensorboard and/or wandb")
         if self.device not in ("auto", "cpu", "cuda"):
             raise JumploraError(f"unknown device {self.device!r}: use auto, cpu or cuda")
         if self.precision not in PRECISIONS:

@@ -29,7 +29,7 @@ from jumplora.checkpoint import (
     save_checkpoint,
 )
 from jumplora.config import RunConfig, load_config, load_yaml
-from jumplora.data import Task, demo_stream, is_correct, load_benchmark, load_task_file, subsample
+from jumplora.data import Task, demo_stream, is_correct, load_benchmark, load_hub_task, load_task_file, subsample
 from jumplora.errors import JumploraError
 from jumplora.families import load_model
 from jumplora.strategies.methods import make_strategy, parse_method
@@ -75,7 +75,9 @@ def resolve_stream(config: RunConfig) -> list[Task]:
 
 
 def _tasks_from_file(path: Path) -> list[Task]:
-    """A YAML/JSON list of {name, path, instruction, labels?, text_column?, label_column?, test_path?}."""
+    """A YAML/JSON list of tasks: {name, instruction, path, labels?, text_column?, label_column?,
+    test_path?} for a local file, or {name, instruction, hub, config?, labels?, text_column?,
+    label_column?, train_split?, dev_split?, test_split?} for a dataset on the Hugging Face hub."""
     if not path.is_file():
         raise JumploraError(f"task file {path} not found")
     try:
@@ -86,14 +88,17 @@ def _tasks_from_file(path: Path) -> list[Task]:
         raise JumploraError(f"task file {path} must be a non-empty list of tasks (name, path, instruction, ...)")
     tasks = []
     for number, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or not {"name", "path", "instruction"} <= set(entry):
-            raise JumploraError(f"task {number} of {path} needs at least name, path and instruction")
+        if not isinstance(entry, dict) or not {"name", "instruction"} <= set(entry) or ("path" in entry) == ("hub" in entry):
+            raise JumploraError(f"task {number} of {path} needs name, instruction and one of path (a file) or hub (a dataset id)")
         entry = dict(entry)
         for key in ("path", "test_path"):
             if entry.get(key):
                 entry[key] = (path.parent / entry[key]) if not Path(entry[key]).is_absolute() else entry[key]
         try:
-            tasks.append(load_task_file(**entry))
+            if "hub" in entry:
+                tasks.append(load_hub_task(entry.pop("hub"), **entry))
+            else:
+                tasks.append(load_task_file(**entry))
         except TypeError as error:
             raise JumploraError(f"task {number} of {path}: {error}") from None
     return tasks
@@ -110,7 +115,7 @@ def evaluate(model, family, task: Task, batch_size: int, split: str = "test") ->
 
 def run(config: RunConfig, log=print, resume: bool = False) -> list[dict]:
     """Every method × seed of the config; returns their results and prints a summary table."""
-    accelerator = make_accelerator(config.device, config.precision)
+    accelerator = make_accelerator(config.device, config.precision, config.log_with, config.output)
     output = Path(config.output)
     if accelerator.is_main_process:
         _check_writable(output)
@@ -211,6 +216,9 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
         first, results, accuracy, masks = _restore(checkpoint, out, model, strategy, spec)
         log(f"[{method} seed {seed}] resuming after task {first} of {T} from {checkpoint.name}")
     started = time.perf_counter()
+    if config.log_with:
+        accelerator.init_trackers(f"{method}-seed{seed}", config=_flat(config.to_dict()))
+    steps_done = sum(v["steps"] for v in results["timing"]["tasks"].values())
     stages = [(T - 1, tasks)] if spec.base == "mtl" else [(t, [task]) for t, task in enumerate(tasks)]
     for t, stage_tasks in stages:
         if t < first:
@@ -223,7 +231,8 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
             results["chosen_lambda"] = strategy.ella_lambdas[: t + 1]
             results.setdefault("lambda_search", {})[label] = info["search"]
         else:
-            info = train_task(model, family, strategy, t, plan, config, accelerator, name)
+            info = train_task(model, family, strategy, t, plan, config, accelerator, name, steps_done)
+        steps_done += info["steps"]
         if t == T - 1:
             strategy.finish()
         update = info["update"]
@@ -255,7 +264,14 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
     if main and config.save_model:
         model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
+    if config.log_with:
+        accelerator.end_training()
     return results, model
+
+
+def _flat(values: dict) -> dict:
+    # Trackers take scalars and strings as hyper-parameters.
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
 def _finished_results(out: Path, num_tasks: int) -> dict | None:

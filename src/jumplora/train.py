@@ -8,6 +8,7 @@ every rank, so every rank ends with the same merged model.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -25,13 +26,20 @@ from jumplora.strategies.methods import Strategy
 Batch = tuple[Task, list[Example]]
 
 
-def make_accelerator(device: str, precision: str) -> Accelerator:
-    """One per run. Unused parameters are allowed: log τ takes part only from S_start on."""
+def make_accelerator(device: str, precision: str, log_with: list[str] | None = None,
+                     project_dir: str | None = None) -> Accelerator:
+    """One per run. Unused parameters are allowed: log τ takes part only from S_start on.
+
+    Trackers (TensorBoard, Weights & Biases) start only when ``log_with`` names them."""
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if device == "cuda" and not torch.cuda.is_available():
         raise JumploraError("--device cuda asked for but no CUDA device is visible: use --device cpu or auto")
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=kwargs)
+    for tracker in log_with or []:
+        if importlib.util.find_spec(tracker) is None:
+            raise JumploraError(f"--log-with {tracker} needs the {tracker} package: pip install {tracker}")
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=kwargs,
+                              log_with=log_with or None, project_dir=project_dir)
     distributed = getattr(accelerator.state, "distributed_type", None)
     if distributed is not None and "FSDP" in str(distributed):
         # τ's initialisation and the sparsity statistics need the whole ΔW of every layer.
@@ -64,6 +72,7 @@ def train_task(
     config,
     accelerator: Accelerator,
     label: str,
+    first_step: int = 0,
 ) -> dict:
     """Train ``plan`` (one task's batches) and merge; returns the loss curve and timing."""
     if not plan:
@@ -98,6 +107,11 @@ def train_task(
         tau = strategy.threshold_tensor()
         if tau is not None:
             trace.append(tau)
+        if accelerator.trackers:  # only with --log-with; step numbers run on across the stream's tasks
+            scalars = {"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]}
+            if tau is not None:
+                scalars["train/tau_mean"] = float(tau.mean())
+            accelerator.log(scalars, step=first_step + step)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     thresholds = strategy.thresholds()
     # τ per group per step, e.g. {"model": [...]}: one transfer at the end of the task.

@@ -330,8 +330,12 @@ def load_hub_task(
     test_split: str = "test",
     dev_fraction: float = 0.1,
     seed: int = 0,
+    **load_options,
 ) -> Task:
     """A task from an original dataset on the Hugging Face hub (needs ``pip install 'jumplora[hub]'``).
+
+    ``load_options`` go to ``datasets.load_dataset`` (e.g. ``data_files`` with ``dataset_id="json"``
+    for local files, which is how this path is tested without a network).
 
     ``datasets.load_dataset(dataset_id, config)`` is read split by split. When ``dev_split`` is None
     or absent, a stratified ``dev_fraction`` of the training split is set aside as dev. Labels
@@ -345,7 +349,7 @@ def load_hub_task(
         raise JumploraError("loading a hub dataset needs the datasets library: pip install 'jumplora[hub]'") from error
     _check_fractions(dev_fraction, 0.0)
     try:
-        dataset = datasets.load_dataset(dataset_id, config)
+        dataset = datasets.load_dataset(dataset_id, config, **load_options)
     except Exception as error:  # the hub raises many types (not found, offline, gated): report all alike
         raise JumploraError(
             f"could not load {dataset_id!r} (config {config!r}) from the hub: {type(error).__name__}: "
