@@ -168,5 +168,11 @@ def test_sweep_skips_finished_runs_and_writes_the_report(tmp_benchmark, tmp_path
     stamps = [p.stat().st_mtime_ns for p in results]
     assert main(["sweep", "--config", str(sweep_file)]) == 0  # nothing left to do: every run is skipped
     assert [p.stat().st_mtime_ns for p in results] == stamps
-    html = (tmp_path / "sweep" / "report" / "report.html").read_text()
+    report = tmp_path / "sweep" / "report"
+    html = (report / "report.html").read_text()
     assert "jumplora+inclora" in html and "data:image/png;base64" in html
+    # Every figure of the report, from these real (tiny) runs.
+    names = ["bwt_radial.png", "sparsity_overlap.png", "sparsity_depth.png", "threshold_trace.png", "loss.png"]
+    names += [f"accuracy_{m}_seed{k}.png" for m in ("inclora", "jumplora+inclora") for k in (0, 1)]
+    for name in names:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (report / name).stat().st_size > 5000, name
