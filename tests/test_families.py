@@ -167,6 +167,29 @@ def test_predict_batches_by_length_and_restores_the_order():
     assert flat == sorted(flat)
 
 
+class OutOfMemoryAbove(LengthEcho):
+    """Runs out of device memory on any batch of more than ``limit`` rows."""
+
+    limit = 2
+
+    def predict_batch(self, model, task, prompt_ids, state):
+        if len(prompt_ids) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().predict_batch(model, task, prompt_ids, state)
+
+
+def test_predict_halves_the_batch_until_it_fits():
+    examples = list(TOY.train)
+    family = OutOfMemoryAbove(t5_tokenizer())
+    family.batches = []
+    predictions = family.predict(nn.Linear(1, 1), TOY, examples, batch_size=8)
+    assert predictions == [str(len(ids)) for ids in family.prompt_ids(TOY, examples)]
+    assert [len(batch) for batch in family.batches] == [2, 2, 2, 2]  # 8 → 4 → 2, then it sticks
+    family.limit = 0
+    with pytest.raises(JumploraError, match="a single example does not fit"):
+        family.predict(nn.Linear(1, 1), TOY, examples, batch_size=8)
+
+
 @pytest.mark.parametrize(("build", "family_class", "options"), [case[1:4] for case in CASES], ids=IDS)
 @pytest.mark.parametrize("training", [True, False])
 def test_predict_restores_train_or_eval_mode(build, family_class, options, training):

@@ -64,8 +64,9 @@ class Family:
         """The predicted label string of each example, in the order of ``examples``.
 
         Examples are batched in order of prompt length, so a batch holds little padding; a
-        forward holds about ``batch_size`` rows. The model runs in eval mode under
-        ``torch.inference_mode()`` and gets its previous train/eval mode back afterwards.
+        forward holds about ``batch_size`` rows, halved whenever one runs out of device memory,
+        so a large ``batch_size`` is safe: the largest batch that fits is used. The model runs in
+        eval mode under ``torch.inference_mode()`` and gets its previous train/eval mode back.
         """
         if batch_size < 1:
             raise JumploraError(f"batch_size is {batch_size}: pass a positive number of examples")
@@ -75,10 +76,24 @@ class Family:
         predictions = [""] * len(ids)
         with evaluating(model), torch.inference_mode():
             state = self.prepare(model, task) if ids else None
-            for start in range(0, len(order), step):
+            start = 0
+            while start < len(order):
                 chunk = order[start : start + step]
-                for i, prediction in zip(chunk, self.predict_batch(model, task, [ids[i] for i in chunk], state)):
+                try:
+                    batch_predictions = self.predict_batch(model, task, [ids[i] for i in chunk], state)
+                except torch.OutOfMemoryError:
+                    # The largest batch that fits: halve it and go on from the same example.
+                    if step == 1:
+                        raise JumploraError(
+                            "a single example does not fit in device memory for prediction: lower "
+                            "--max-source-length or use a larger device"
+                        ) from None
+                    step = max(1, step // 2)
+                    torch.cuda.empty_cache()
+                    continue
+                for i, prediction in zip(chunk, batch_predictions):
                     predictions[i] = prediction
+                start += len(chunk)
         return predictions
 
 
