@@ -76,9 +76,11 @@ def test_every_method_runs_the_stream(model_dir, stream, method, tmp_path):
     else:
         assert results["metrics"]["bwt"] == pytest.approx(matrix[1][0] - matrix[0][0])
     assert results["metrics"]["fwt"] is None
-    deltas = sorted(p.name for p in (out / "deltas").iterdir())
+    deltas = sorted(p.name for p in (out / "deltas").glob("*.safetensors"))
     if method in ("inclora", "ella", "olora", "jumplora+inclora", "jumplora+ella"):
         assert deltas == ["00-sport.safetensors", "01-mood.safetensors"]
+        manifest = json.loads((out / "deltas" / "manifest.json").read_text())
+        assert [(e["index"], e["task"], e["file"]) for e in manifest] == [(0, "sport", deltas[0]), (1, "mood", deltas[1])]
     if method.startswith("jumplora+"):
         for task in ("sport", "mood"):
             assert all(0.0 < s < 1.0 for s in results["sparsity"][task].values())
@@ -106,7 +108,7 @@ def test_minilm_learns_the_toy_stream_and_fwt_uses_single_task_runs(stream, tmp_
     matrix, single = results["accuracy_matrix"], results["single_task_accuracy"]
     assert matrix[0][0] >= 75 and matrix[1][1] >= 75  # real weights learn these easy tasks
     assert results["metrics"]["fwt"] == pytest.approx((matrix[0][0] - single[0] + matrix[1][1] - single[1]) / 2)
-    cache = tmp_path / "out" / "jumplora+inclora" / "seed0" / "single_task" / "sport" / "results.json"
+    cache = tmp_path / "out" / "jumplora+inclora" / "single_task" / "seed0" / "sport" / "results.json"
     stamp = cache.stat().st_mtime_ns
     assert main(args) == 0  # the single-task runs are cached, not trained again
     assert cache.stat().st_mtime_ns == stamp
