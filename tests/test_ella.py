@@ -28,14 +28,14 @@ def test_penalty_by_hand():
     # β = 2, ΔW = B·A = [[1],[2]]·[[1, -3]] = [[1, -3], [2, -6]], so β·ΔW = [[2, -6], [4, -12]].
     model, adapters = adapters_with("lora", [[1.0, -3.0]], [[1.0], [2.0]])
     ella = EllaPenalty()
-    assert float(ella(adapters, 10.0)) == 0.0  # no past yet
+    assert float(ella(adapters, 10.0).detach()) == 0.0  # no past yet
     past = torch.tensor([[1.0, 0.0], [0.5, 2.0]])
     ella.add(TaskUpdate({"q": past}, "lora"), model)  # only q has a past: L = 1
     # ‖β·ΔW ⊙ P‖² = 2² + 0 + 2² + 24² = 584; λ/L · 584 with λ = 10.
-    assert float(ella(adapters, 10.0)) == pytest.approx(5840.0)
+    assert float(ella(adapters, 10.0).detach()) == pytest.approx(5840.0)
     ella.add(TaskUpdate({"q": past, "v": 2 * past}, "lora"), model)  # q: 2P, v: 2P; L = 2
     # Each layer: ‖β·ΔW ⊙ 2P‖² = 4·584; mean over L = 2 layers → 2336; λ = 0.5 → 1168.
-    assert float(ella(adapters, 0.5)) == pytest.approx(1168.0)
+    assert float(ella(adapters, 0.5).detach()) == pytest.approx(1168.0)
 
 
 def test_penalty_gradient_reaches_adapters():
@@ -55,15 +55,15 @@ def test_sparse_mode_penalises_the_gated_update_after_start():
     for ella in (ella_sparse, ella_interp):
         ella.add(TaskUpdate({"q": torch.ones(2, 2)}, "jumplora"), model)
     adapters.begin_task(10)
-    dense = float(ella_sparse(adapters, 1.0))
+    dense = float(ella_sparse(adapters, 1.0).detach())
     assert dense == pytest.approx(4 * (1 + 9 + 4 + 36))  # before S_start: β·ΔW
     adapters.set_step(2)  # S_start: k = r·(2+2) = 4 = n → every entry kept... make τ cut some
     with torch.no_grad():
         adapters.groups["model"].log_threshold.fill_(torch.tensor(2.5).log())  # keeps |ΔW| ∈ {3, 6}
     adapters.set_step(5)  # γ = 0.5
-    assert float(ella_sparse(adapters, 1.0)) == pytest.approx(4 * (9 + 36))
+    assert float(ella_sparse(adapters, 1.0).detach()) == pytest.approx(4 * (9 + 36))
     # interpolated: (1−γ)·ΔW + γ·ΔW_jump = [[0.5, -3], [1, -6]] → β² · (0.25 + 9 + 1 + 36)
-    assert float(ella_interp(adapters, 1.0)) == pytest.approx(4 * (0.25 + 9 + 1 + 36))
+    assert float(ella_interp(adapters, 1.0).detach()) == pytest.approx(4 * (0.25 + 9 + 1 + 36))
 
 
 def test_bad_lambda_and_mode():
