@@ -9,7 +9,8 @@ import sys
 from safetensors.torch import save_file
 
 from jumplora.config import load_config
-from jumplora.runner import resolve_stream, run_stream
+from jumplora.data.stream import resolve_stream
+from jumplora.runner import run_stream
 from jumplora.train import make_accelerator
 
 model_dir, task_file, output, batch_size, method = sys.argv[1:6]

