@@ -176,13 +176,18 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
         raise JumploraError(f"bad configuration: {error}") from None
 
 
-def load_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str):
+    """The YAML (or JSON) value in ``path``; a missing or unparsable file is a JumploraError naming ``what``."""
     if not path.is_file():
-        raise JumploraError(f"config file {path} not found")
+        raise JumploraError(f"{what} {path} not found")
     try:
-        values = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise JumploraError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise JumploraError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+
+
+def load_yaml(path: Path) -> dict:
+    values = read_yaml(path, "config file")
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
+from jumplora.config import read_yaml
 from jumplora.data.benchmark import load_benchmark, load_hub_task, load_task_file
 from jumplora.data.demo import demo_stream
 from jumplora.data.tasks import Task, subsample
@@ -45,12 +44,7 @@ def _tasks_from_file(path: Path) -> list[Task]:
     """A YAML/JSON list of tasks: {name, instruction, path, labels?, text_column?, label_column?,
     test_path?} for a local file, or {name, instruction, hub, config?, labels?, text_column?,
     label_column?, train_split?, dev_split?, test_split?} for a dataset on the Hugging Face hub."""
-    if not path.is_file():
-        raise JumploraError(f"task file {path} not found")
-    try:
-        entries = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise JumploraError(f"task file {path} is not valid YAML/JSON: {str(error).splitlines()[0]}") from None
+    entries = read_yaml(path, "task file")
     if not isinstance(entries, list) or not entries:
         raise JumploraError(f"task file {path} must be a non-empty list of tasks (name, path, instruction, ...)")
     tasks = []
