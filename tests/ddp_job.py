@@ -2,15 +2,21 @@
 
 Started by tests/test_distributed.py under `torch.distributed.run` (2 CPU processes, gloo), and once
 as a single process for the reference. Arguments: MODEL_DIR TASK_FILE OUTPUT BATCH_SIZE METHOD.
+Also writes each task's test accuracy of the final model, evaluated sharded over the processes and
+whole on this process, to rank<i>-of-<n>.json.
 """
 
+import json
 import sys
 
 from safetensors.torch import save_file
 
 from jumplora.config import load_config
 from jumplora.data.stream import resolve_stream
-from jumplora.runner import run_stream
+from transformers import AutoTokenizer
+
+from jumplora.families import EncoderFamily
+from jumplora.runner import evaluate, run_stream
 from jumplora.train import make_accelerator
 
 model_dir, task_file, output, batch_size, method = sys.argv[1:6]
@@ -21,3 +27,9 @@ accelerator = make_accelerator("cpu", "fp32")
 _, model = run_stream(config, method, 0, resolve_stream(config), accelerator, log=lambda *_: None)
 state = {k: v.contiguous() for k, v in model.state_dict().items()}
 save_file(state, f"{output}/rank{accelerator.process_index}-of-{accelerator.num_processes}.safetensors")
+tasks = resolve_stream(config)
+family = EncoderFamily(AutoTokenizer.from_pretrained(model_dir), config.max_source_length, config.encoder_temperature)
+accuracy = {task.name: {"sharded": evaluate(model, family, task, 4, accelerator=accelerator),
+                        "whole": evaluate(model, family, task, 4)} for task in tasks}
+with open(f"{output}/rank{accelerator.process_index}-of-{accelerator.num_processes}.json", "w") as f:
+    json.dump(accuracy, f)

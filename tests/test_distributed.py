@@ -1,5 +1,6 @@
 """Data parallel through accelerate: 2 CPU processes (gloo) against 1 process with the same global batch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -55,3 +56,9 @@ def test_two_processes_match_one_and_each_other(tmp_path, method, port):
         update_two, update_one = rank0[key] - base[key], single[key] - base[key]
         relative = float((update_two - update_one).norm() / update_one.norm())
         assert relative < TOLERANCE[method], (key, relative)
+    # Evaluation sharded over the two processes gives each the accuracy of the whole test set.
+    for rank in (0, 1):
+        accuracy = json.loads((tmp_path / "two" / f"rank{rank}-of-2.json").read_text())
+        assert len(accuracy) == 2
+        for task, values in accuracy.items():
+            assert values["sharded"] == pytest.approx(values["whole"], abs=1e-9), (rank, task)

@@ -72,3 +72,70 @@ def test_bad_lambda_and_mode():
         EllaPenalty()(adapters, -1.0)
     with pytest.raises(JumploraError, match="unknown ELLA delta mode"):
         EllaPenalty("dense")
+
+
+def reference_penalty(adapters, past, lam, mode):
+    """The penalty one layer at a time through the layer's own (scalar-τ) gate: the v0.1 code."""
+    names = [n for n in adapters.layers if n in past]
+    total = 0
+    for name in names:
+        layer = adapters.layers[name]
+        if mode == "interpolated":
+            delta = layer.interpolated_delta()
+        else:
+            delta = layer.jumped_delta() if adapters.gate_active else layer.delta()
+        total = total + (layer.scaling * delta * past[name]).square().sum()
+    return lam * total / len(names)
+
+
+@pytest.mark.parametrize("mode", ["sparse", "interpolated"])
+@pytest.mark.parametrize("threshold_mode", ["global", "per_block"])
+@pytest.mark.parametrize("stack_entries", [None, 1024])
+def test_stacked_penalty_equals_the_per_layer_formula(mode, threshold_mode, stack_entries, monkeypatch):
+    from _models import tiny_llama
+
+    if stack_entries is not None:  # one 32×32 layer per stack: the split stacks
+        monkeypatch.setattr("jumplora.strategies.ella.CPU_STACK_ENTRIES", stack_entries)
+
+    # Llama with 2 key/value heads: q_proj is 32×32 and v_proj 16×32, so two stacks of two layers.
+    model, _ = tiny_llama()
+    model = model.double()
+    config = AdapterConfig(kind="jumplora", r=4, alpha=8.0, targets=("q_proj", "v_proj"), threshold_mode=threshold_mode)
+    adapters = AdapterSet(model, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in adapters.layers.values():
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=generator, dtype=torch.float64))
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator, dtype=torch.float64) * 0.1)
+    ella = EllaPenalty(mode)
+    past = {name: torch.randn(layer.delta().shape, generator=generator, dtype=torch.float64)
+            for name, layer in list(adapters.layers.items())[:-1]}  # the last layer has no past
+    ella.past.update({name: value.clone() for name, value in past.items()})
+    adapters.begin_task(10)
+    adapters.set_step(5)  # after S_start, γ = 0.5: the gate and its threshold gradient are live
+    with torch.no_grad():  # put a few entries of every matrix inside the kernel band around ±τ
+        tau = float(next(iter(adapters.groups.values()))())
+        for layer in adapters.layers.values():
+            layer.lora_B[:, 1:].zero_()
+            layer.lora_B[:, 0] = torch.linspace(-1, 1, layer.lora_B.shape[0], dtype=torch.float64)
+            layer.lora_A[0, :3] = torch.tensor([tau, -tau, tau]) / layer.lora_B[-1, 0]
+            layer.lora_A[0, 0] += config.bandwidth / 5
+    assert len({layer.delta().shape for layer in adapters.layers.values()}) == 2
+    params = adapters.parameters()
+
+    ours = ella(adapters, 3.0)
+    ours_grads = torch.autograd.grad(ours, params, allow_unused=True, materialize_grads=True)
+    reference = reference_penalty(adapters, past, 3.0, mode)
+    reference_grads = torch.autograd.grad(reference, params, allow_unused=True, materialize_grads=True)
+
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0)
+    for name, mine, theirs in zip(["A/B"] * (len(params) - len(adapters.groups)) + ["log tau"] * len(adapters.groups),
+                                  ours_grads, reference_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12, msg=name)
+    assert any(float(g) != 0.0 for g in reference_grads[-len(adapters.groups):])  # τ's gradient was exercised
+    # W_past is kept once: each layer's tensor is a view into its shape's stack.
+    stacks = adapters.stacked_factors(list(past), stack_entries)
+    assert len(stacks) == (3 if stack_entries else 2)
+    for members, *_ in stacks:
+        stack = ella.stacked_past(members)
+        assert all(ella.past[n].data_ptr() == stack[i].data_ptr() for i, n in enumerate(members))

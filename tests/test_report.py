@@ -121,6 +121,19 @@ def test_several_streams_get_their_own_figures(tmp_path):
     assert "| Method | order 1 | order 2 | Mean |" in (page.parent / "report.md").read_text()
 
 
+def test_a_reused_folder_keeps_no_stale_figures(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", fake_results("inclora", seed, order=1))
+    report = tmp_path / "report"
+    build_report([tmp_path / "runs"], report)
+    assert (report / "accuracy_inclora_seed1.png").is_file()
+    (report / "mine.png").write_bytes(b"not ours")  # a file the user put there stays
+    shutil.rmtree(tmp_path / "runs" / "inclora" / "seed1")
+    build_report([tmp_path / "runs"], report)
+    assert sorted(p.name for p in report.glob("*.png")) == ["accuracy_inclora_seed0.png", "bwt_radial.png",
+                                                            "loss.png", "mine.png"]
+
+
 def test_single_task_baselines_are_not_runs(tmp_path):
     write_run(tmp_path, fake_results("inclora", 0))
     write_run(tmp_path / "inclora" / "seed0" / "single_task" / "alpha", fake_results("inclora", 0, tasks=["alpha"],

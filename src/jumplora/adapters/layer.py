@@ -112,54 +112,58 @@ class AdaptedLinear(nn.Module):
         return F.linear(x, folded, bias)
 
 
-def fold_weight(weight, lora_A, lora_B, threshold, scaling: float, gamma):
-    """W + β·ΔW ⊙ ((1−γ) + γ·H(|ΔW| − τ)) = W + β·ΔW_interp, in W's dtype."""
+def interpolated_update(lora_A, lora_B, threshold, scaling: float, gamma):
+    """β·ΔW_interp = β·ΔW ⊙ ((1−γ) + γ·H(|ΔW| − τ)), no gradient graph of its own.
+
+    Also for stacks of L layers of one shape: A (L, r, d_in), B (L, d_out, r), τ (L, 1, 1).
+    """
     delta = lora_B @ lora_A
-    coef = torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
-    return (delta * coef).to(weight.dtype) + weight
+    return delta * torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
+
+
+def fold_weight(weight, lora_A, lora_B, threshold, scaling: float, gamma):
+    """W + β·ΔW_interp, in W's dtype."""
+    return interpolated_update(lora_A, lora_B, threshold, scaling, gamma).to(weight.dtype) + weight
 
 
 def adapter_gradients(grad_weight, lora_A, lora_B, threshold, scaling: float, gamma, bandwidth: float, mean: bool):
-    """∂L/∂A, ∂L/∂B, ∂L/∂τ from the weight gradient G (module docstring).
+    """∂L/∂A, ∂L/∂B, ∂L/∂τ from G = ∂L/∂(β·ΔW_interp), here the weight gradient (module docstring).
 
     The kernel terms of Eq. 2 are written |ΔW ± τ| < ε/2, the same set as −½ < (∓ΔW − τ)/ε < ½
-    without the divisions; both halves are kept, as they overlap when τ < ε/2.
+    without the divisions; both halves are kept, as they overlap when τ < ε/2. Works on stacks
+    like :func:`interpolated_update`; ∂L/∂τ then has one entry per layer, (L, 1, 1).
     """
     delta = lora_B @ lora_A
     half = bandwidth / 2
     band = ((delta + threshold).abs() < half).to(delta.dtype) - ((delta - threshold).abs() < half).to(delta.dtype)
-    grad_tau = (grad_weight * band).sum() * (scaling * gamma * threshold / bandwidth)
+    grad_tau = (grad_weight * band).sum((-2, -1), keepdim=True) * (scaling * gamma * threshold / bandwidth)
     if mean:
-        grad_tau = grad_tau / delta.numel()
+        grad_tau = grad_tau / (delta.shape[-2] * delta.shape[-1])
     grad_delta = grad_weight * torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
-    return lora_B.t() @ grad_delta, grad_delta @ lora_A.t(), grad_tau
+    return lora_B.mT @ grad_delta, grad_delta @ lora_A.mT, grad_tau
 
 
 class _Kernels:
-    """fold_weight and adapter_gradients as run on a device: plain PyTorch on the CPU (what the
-    tests cover); on CUDA compiled by torch.compile into a few fused kernels, because there the
-    ~35 small elementwise launches per layer of the plain code cost more host time than the GPU
-    spends on them (benchmarks/layer.py). If compilation fails, the plain code is used."""
+    """The functions above as run on a device: plain PyTorch on the CPU (what the tests cover); on
+    CUDA compiled by torch.compile into a few fused kernels, because there the ~35 small
+    elementwise launches per layer of the plain code cost more host time than the GPU spends on
+    them (benchmarks/layer.py). If compilation fails, the plain code is used from then on."""
 
     def __init__(self) -> None:
-        self.compiled = None
+        self.compiled: dict = {}
+        self.failed = False
 
-    def get(self, device: torch.device):
-        if device.type != "cuda" or self.compiled is False:
-            return fold_weight, adapter_gradients
-        if self.compiled is None:
-            self.compiled = (torch.compile(fold_weight, dynamic=False), torch.compile(adapter_gradients, dynamic=False))
-        return self.compiled
-
-    def call(self, which: int, device, *args):
+    def call(self, fn, device: torch.device, *args):
+        if device.type != "cuda" or self.failed:
+            return fn(*args)
         try:
-            return self.get(device)[which](*args)
+            if fn not in self.compiled:
+                self.compiled[fn] = torch.compile(fn, dynamic=False)
+            return self.compiled[fn](*args)
         except Exception as error:  # noqa: BLE001 - a compiler failure must not stop training
-            if self.compiled in (None, False):
-                raise
-            warnings.warn(f"torch.compile of the JumpLoRA layer failed ({type(error).__name__}); using eager PyTorch")
-            self.compiled = False
-            return (fold_weight, adapter_gradients)[which](*args)
+            warnings.warn(f"torch.compile of the JumpLoRA kernels failed ({type(error).__name__}); using eager PyTorch")
+            self.failed = True
+            return fn(*args)
 
 
 KERNELS = _Kernels()
@@ -176,7 +180,7 @@ class _FoldedJumpLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction):
-        folded = KERNELS.call(0, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
+        folded = KERNELS.call(fold_weight, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
         ctx.save_for_backward(x, weight, bias, lora_A, lora_B, threshold, gamma)
         ctx.constants = (scaling, bandwidth, reduction)
         return F.linear(x, folded, bias)
@@ -189,7 +193,7 @@ class _FoldedJumpLinear(torch.autograd.Function):
         grad_out = grad_out.to(x.dtype)  # under autocast the output was computed in a lower precision
         grad_x = grad_w = grad_b = grad_A = grad_B = grad_tau = None
         if needs[0]:
-            grad_x = grad_out @ KERNELS.call(0, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
+            grad_x = grad_out @ KERNELS.call(fold_weight, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         if needs[2]:
             grad_b = g2.sum(0)
@@ -199,6 +203,6 @@ class _FoldedJumpLinear(torch.autograd.Function):
             if needs[1]:
                 grad_w = grad_weight.to(weight.dtype, copy=True)
             grad_A, grad_B, grad_tau = KERNELS.call(
-                1, x.device, grad_weight, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction == "mean")
+                adapter_gradients, x.device, grad_weight, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction == "mean")
             grad_tau = grad_tau.reshape(threshold.shape)
         return grad_x, grad_w, grad_b, grad_A, grad_B, grad_tau, None, None, None, None

@@ -146,19 +146,42 @@ class AdapterSet:
         """τ of each group, keyed by block name ("model" for the global group)."""
         return {key.replace("/", "."): float(g()) for key, g in self.groups.items()}
 
-    def effective_deltas(self, mode: str = "sparse") -> dict[str, torch.Tensor]:
-        """β·ΔW_eff per layer, (d_out, d_in), differentiable: what the ELLA penalty sees.
+    def effective_gamma(self, mode: str = "sparse") -> float:
+        """The γ for which ΔW_eff = ΔW_interp(γ), the update the ELLA penalty sees.
 
-        Plain LoRA: β·B·A. JumpLoRA ``sparse`` (Algorithm 1 line 16): β·ΔW before S_start, β·ΔW_jump
-        from S_start on. JumpLoRA ``interpolated`` (Table 3 ablation): β·ΔW_interp.
+        Plain LoRA, or JumpLoRA before S_start: 0 (ΔW itself). JumpLoRA ``sparse`` (Algorithm 1
+        line 16) from S_start on: 1 (ΔW_jump). ``interpolated`` (Table 3 ablation): the layers' γ.
         """
-        out = {}
-        for name, layer in self.layers.items():
-            if mode == "interpolated":
-                delta = layer.interpolated_delta()
-            else:
-                delta = layer.jumped_delta() if self.gate_active else layer.delta()
-            out[name] = layer.scaling * delta
+        if self.config.kind != "jumplora" or not self.thresholds_ready:
+            return 0.0
+        return 1.0 if mode == "sparse" else next(iter(self.layers.values())).gamma
+
+    def stacked_factors(
+        self, names: list[str] | None = None, max_entries: int | None = None, thresholds: bool = True
+    ) -> list[tuple]:
+        """``(layer names, A (L, r, d_in), B (L, d_out, r), τ (L, 1, 1) or None)`` per shape of layer.
+
+        The factors of ``names`` (every layer by default) stacked, differentiable, so that a
+        computation over every layer at each step is a few batched kernels per shape instead of a
+        few per layer. τ is each layer's group threshold (None for plain LoRA or ``thresholds=False``:
+        a τ in the graph that gets no gradient would still count as used under DDP). ``max_entries``
+        caps L·d_out·d_in of a stack (a shape's layers are then split; at least one per stack).
+        """
+        names = list(self.layers) if names is None else names
+        by_shape: dict[tuple, list[list[str]]] = {}
+        for name in names:
+            A, B = self.layers[name].lora_A, self.layers[name].lora_B
+            stacks = by_shape.setdefault((B.shape[0], A.shape[1], A.dtype, A.device), [[]])
+            if stacks[-1] and max_entries is not None and (len(stacks[-1]) + 1) * B.shape[0] * A.shape[1] > max_entries:
+                stacks.append([])
+            stacks[-1].append(name)
+        out = []
+        for members in (m for stacks in by_shape.values() for m in stacks):
+            layers = [self.layers[n] for n in members]
+            tau = None
+            if self.groups and thresholds:
+                tau = torch.stack([self.groups[self._group_key(n)].log_threshold for n in members]).exp().view(-1, 1, 1)
+            out.append((tuple(members), torch.stack([l.lora_A for l in layers]), torch.stack([l.lora_B for l in layers]), tau))
         return out
 
     # -- end of task --------------------------------------------------------------------------

@@ -55,7 +55,17 @@ def build_report(run_dirs: list[Path], output: Path) -> Path:
     (output / "report.md").write_text(document.to_markdown(blocks))
     page = output / "report.html"
     page.write_text(document.to_html(blocks, output, TITLE))
+    _remove_stale_figures(output, {b.filename for b in blocks if isinstance(b, document.Figure)})
     return page
+
+
+def _remove_stale_figures(output: Path, written: set[str]) -> None:
+    """Delete figures of an earlier report in ``output`` that this one did not redraw (a run or a
+    stream that is no longer included), so the folder holds one report. Other files are kept."""
+    ours = re.compile(r"(accuracy|bwt_radial|sparsity_overlap|sparsity_depth|threshold_trace|loss)[_.].*\.png")
+    for path in output.glob("*.png"):
+        if path.name not in written and ours.fullmatch(path.name):
+            path.unlink()
 
 
 def _overview(runs: list[Run], run_dirs: list[Path]) -> str:

@@ -4,9 +4,20 @@
 
 W_past is the sum of every earlier task's merged update of that layer and L the number of adapted
 layers that have a past. The penalty pushes the new update away from the entries that earlier
-tasks changed most. ΔW_eff is β·B·A for plain LoRA; for JumpLoRA see
-``AdapterSet.effective_deltas`` (``sparse`` by default, ``interpolated`` as the ablation).
-The memory is one matrix per adapted layer whatever the number of tasks.
+tasks changed most. ΔW_eff is β·B·A for plain LoRA; for JumpLoRA it is ΔW_interp at the γ of
+``AdapterSet.effective_gamma`` (``sparse`` by default: ΔW_jump from S_start on; ``interpolated`` as
+the ablation). The memory is one matrix per adapted layer whatever the number of tasks.
+
+Cost. The penalty is taken at every step over every adapted layer, so it is computed per shape of
+layer, not per layer: A, B and τ of the layers of one shape are stacked and one batched product
+gives their ΔW. Its gradient is written by hand with the JumpLoRA layer's own kernels (compiled
+on CUDA): with U = β·ΔW_eff and P = W_past,
+
+    ∂/∂U [c·Σ (U ⊙ P)²] = 2c·U ⊙ P²,
+
+from which ``adapter_gradients`` gives ∂/∂A, ∂/∂B and ∂/∂τ exactly as for the layer's weight
+gradient. ΔW is recomputed in the backward, so no d_out×d_in tensor is kept in between: autograd
+would keep about four per layer (ΔW, the mask, ΔW_eff, ΔW_eff ⊙ P).
 """
 
 from __future__ import annotations
@@ -14,18 +25,31 @@ from __future__ import annotations
 import torch
 
 from jumplora.adapters import AdapterSet, TaskUpdate, _compat
+from jumplora.adapters.layer import KERNELS, adapter_gradients, interpolated_update
 from jumplora.adapters.config import ELLA_DELTA_MODES
 from jumplora.errors import JumploraError
 
+# The most entries L·d_out·d_in in one stack. On the CPU a stack's temporaries should stay in the
+# cache: 2^19 (2 MiB in fp32) measured fastest on MiniLM (benchmarks/ella.py; whole-model stacks
+# were 1.6× slower than a per-layer loop there). On a GPU the cap only bounds the backward's
+# temporaries (a few of 128 MiB each); the launches saved are per stack.
+CPU_STACK_ENTRIES = 2**19
+DEVICE_STACK_ENTRIES = 2**25
+
 
 class EllaPenalty:
-    """Holds W_past per layer, in the (d_out, d_in) layout and the adapters' dtype and device."""
+    """Holds W_past per layer, in the (d_out, d_in) layout, in fp32 on the device of the layer's weight.
+
+    W_past is also stacked by shape (see the module docstring); the stacks are built once after each
+    change and ``past[name]`` then points into them, so it is held once.
+    """
 
     def __init__(self, delta_mode: str = "sparse") -> None:
         if delta_mode not in ELLA_DELTA_MODES:
             raise JumploraError(f"unknown ELLA delta mode {delta_mode!r}: use one of {', '.join(ELLA_DELTA_MODES)}")
         self.delta_mode = delta_mode
         self.past: dict[str, torch.Tensor] = {}
+        self._stacks: dict[tuple[str, ...], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
 
     def __call__(self, adapters: AdapterSet, lam: float) -> torch.Tensor:
         if lam < 0:
@@ -33,14 +57,68 @@ class EllaPenalty:
         names = [n for n in adapters.layers if n in self.past]
         if lam == 0 or not names:
             return torch.zeros((), device=next(iter(adapters.layers.values())).lora_A.device)
-        deltas = adapters.effective_deltas(self.delta_mode)
-        total = sum((deltas[n] * self.past[n]).square().sum() for n in names)
+        config = adapters.config
+        gamma = adapters.effective_gamma(self.delta_mode)
+        on_cpu = adapters.layers[names[0]].lora_A.device.type == "cpu"
+        total = sum(
+            _StackPenalty.apply(A, B, tau, self.stacked_past(members), config.scaling, gamma,
+                                config.bandwidth, config.reduction == "mean")
+            for members, A, B, tau in adapters.stacked_factors(
+                names, CPU_STACK_ENTRIES if on_cpu else DEVICE_STACK_ENTRIES, thresholds=gamma != 0.0)
+        )
         return lam * total / len(names)
+
+    def stacked_past(self, names: tuple[str, ...]) -> torch.Tensor:
+        """W_past of ``names`` as one (L, d_out, d_in) tensor, rebuilt only when ``past`` changed."""
+        cached = self._stacks.get(names)
+        if cached is None or any(self.past[n] is not view for n, view in zip(names, cached[1])):
+            stack = torch.stack([self.past[n] for n in names])
+            views = stack.unbind(0)
+            self.past.update(zip(names, views))  # the per-layer tensors are freed: one copy in memory
+            cached = self._stacks[names] = (stack, views)
+        return cached[0]
 
     @torch.no_grad()
     def add(self, update: TaskUpdate, model) -> None:
         """W_past ← W_past + the task's merged update, kept on the weight's device in fp32."""
+        self._stacks.clear()
         for name, delta in update.linear_deltas(model).items():
             device = _compat.unwrap(model.get_submodule(name)).weight.device
             delta = delta.to(device=device, dtype=torch.float32)
             self.past[name] = self.past[name] + delta if name in self.past else delta.clone()
+
+
+class _StackPenalty(torch.autograd.Function):
+    """Σ (U ⊙ P)² for a stack of layers, U = β·ΔW_interp(γ); the backward of the module docstring.
+
+    With γ = 0 (plain LoRA, or before S_start) U = β·ΔW and ∂/∂ΔW = β·∂/∂U: the gate's
+    elementwise work is skipped, and τ gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, lora_A, lora_B, threshold, past, scaling, gamma, bandwidth, mean):
+        gated = gamma != 0.0
+        gamma_t = lora_A.new_full((), gamma) if gated else None  # a fill kernel, no host-to-device copy
+        update = _update(lora_A, lora_B, threshold, scaling, gamma_t)
+        ctx.save_for_backward(lora_A, lora_B, threshold if gated else None, past, gamma_t)
+        ctx.constants = (scaling, bandwidth, mean)
+        return (update * past).square().sum()
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        lora_A, lora_B, tau, past, gamma = ctx.saved_tensors
+        scaling, bandwidth, mean = ctx.constants
+        grad_update = (2 * grad_value) * _update(lora_A, lora_B, tau, scaling, gamma) * past.square()
+        if gamma is None:
+            grad_delta = grad_update * scaling
+            return lora_B.mT @ grad_delta, grad_delta @ lora_A.mT, None, None, None, None, None, None
+        grad_A, grad_B, grad_tau = KERNELS.call(
+            adapter_gradients, lora_A.device, grad_update, lora_A, lora_B, tau, scaling, gamma, bandwidth, mean)
+        return grad_A, grad_B, grad_tau if ctx.needs_input_grad[2] else None, None, None, None, None, None
+
+
+def _update(lora_A, lora_B, threshold, scaling, gamma):
+    """U = β·ΔW_interp(γ); γ None means 0 (no gate)."""
+    if gamma is None:
+        return (lora_B @ lora_A) * scaling
+    return KERNELS.call(interpolated_update, lora_A.device, lora_A, lora_B, threshold, scaling, gamma)

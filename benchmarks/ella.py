@@ -1,0 +1,141 @@
+"""ELLA's penalty, forward + backward: EllaPenalty (stacked by shape) vs one layer at a time.
+
+    python benchmarks/ella.py --device cuda --json ella-gpu.json
+    python benchmarks/ella.py --device cpu --threads 1 --json ella-cpu.json
+    python benchmarks/ella.py --device cpu --quick
+
+The penalty λ·(1/L)·Σ_layers ‖β·ΔW_eff ⊙ W_past‖² is computed at every training step of ``ella`` and
+``jumplora+ella``, over every adapted layer. Two models, r = 8 on q and v:
+
+* ``minilm``: the real all-MiniLM-L6-v2 (12 adapted layers of 384×384): a small model, where the
+  per-layer Python and kernel launches of a loop are most of the cost;
+* ``t5-large``: the T5-large architecture with random weights (144 adapted layers of 1024×1024:
+  encoder q/v, decoder self- and cross-attention q/v); ``--quick`` uses a tiny T5 instead.
+
+Rows: ``loop`` is the formula one layer at a time through autograd (each layer's B·A, its gate,
+the product with its W_past: what jumplora 0.1 did), the baseline of ``ratio_vs_loop``; ``stacked``
+is ``EllaPenalty`` (one batched product per shape of layer, hand-written backward).
+Each in two settings: plain LoRA (``ella``) and JumpLoRA's sparse mode after S_start (γ = 0.5, the
+gate and its threshold gradient live; ``jumplora+ella``). The script first checks that the two give
+the same penalty and gradients. Median of --iters after --warmup calls. ``saved_mib``: what
+autograd keeps from the forward for the backward (W_past included), the memory the penalty holds
+through a training step's backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import common
+from jumplora import AdapterConfig, AdapterSet, EllaPenalty
+from jumplora.families.loading import bundled_model_path
+
+LAMBDA = 1e4
+
+
+def build(model_name: str, quick: bool, device: torch.device, kind: str):
+    """The model with r = 8 adapters on q/v, a ΔW that is not zero and a random W_past per layer."""
+    if model_name == "minilm":
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(bundled_model_path()).to(device)
+        targets = ("query", "value")
+    else:
+        model = common.t5(quick, device)
+        targets = ("q", "v")
+    model.requires_grad_(False)
+    adapters = AdapterSet(model, AdapterConfig(kind=kind, r=8, alpha=32, targets=targets))
+    generator = torch.Generator(device).manual_seed(0)
+    ella = EllaPenalty("sparse")
+    for name, layer in adapters.layers.items():
+        nn.init.normal_(layer.lora_B, std=0.02)
+        ella.past[name] = torch.randn(layer.delta().shape, device=device, generator=generator) * 1e-3
+    adapters.begin_task(1000)
+    if kind == "jumplora":
+        adapters.initialise_thresholds()
+        for layer in adapters.layers.values():
+            layer.gamma = 0.5
+    return adapters, ella
+
+
+def loop_penalty(adapters: AdapterSet, ella: EllaPenalty, lam: float) -> torch.Tensor:
+    """The penalty one layer at a time (the baseline)."""
+    names = [n for n in adapters.layers if n in ella.past]
+    total = 0
+    for name in names:
+        layer = adapters.layers[name]
+        delta = layer.jumped_delta() if adapters.gate_active else layer.delta()
+        total = total + (layer.scaling * delta * ella.past[name]).square().sum()
+    return lam * total / len(names)
+
+
+def saved_mib(penalty) -> float:
+    """MiB that autograd keeps from the forward of ``penalty()`` for its backward (each storage once).
+
+    W_past, saved by both ways, is counted too. A device-independent measure of the memory the
+    penalty adds between a step's forward and backward."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        value = penalty()
+    del value
+    return round(sum(storages.values()) / 2**20, 1)
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0], dtype=False)
+    p.add_argument("--iters", type=int, help="timed calls (default 100 on CUDA, 10 on the CPU)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default 20 on CUDA, 3 on the CPU)")
+    p.add_argument("--models", default="minilm,t5-large", help="comma-separated: minilm, t5-large")
+    args = p.parse_args()
+    device = common.check_device(args)
+    iters = args.iters or (100 if device.type == "cuda" else 10)
+    warmup = args.warmup or (20 if device.type == "cuda" else 3)
+    models = [m.strip() for m in args.models.split(",")]
+    unknown = sorted(set(models) - {"minilm", "t5-large"})
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; use minilm and/or t5-large")
+
+    rows = [common.metadata(device, "fp32", lam=LAMBDA, r=8, iters=iters, warmup=warmup,
+                            t5=common.T5_TINY if args.quick else common.T5_LARGE)]
+    for model_name in models:
+        for kind, setting in (("lora", "ella (lora)"), ("jumplora", "jumplora+ella sparse, γ=0.5")):
+            adapters, ella = build(model_name, args.quick, device, kind)
+            params = adapters.parameters()
+            ways = {"loop": lambda: loop_penalty(adapters, ella, LAMBDA), "stacked": lambda: ella(adapters, LAMBDA)}
+            # The same numbers first: value and every gradient.
+            results = {}
+            for way, penalty in ways.items():
+                value = penalty()
+                results[way] = (value.detach(), torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
+            torch.testing.assert_close(results["stacked"][0], results["loop"][0], rtol=1e-5, atol=0)
+            for mine, theirs in zip(results["stacked"][1], results["loop"][1]):
+                torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
+            del results
+            baseline = None
+            for way, penalty in ways.items():
+                def step():
+                    torch.autograd.grad(penalty(), params, allow_unused=True)
+
+                common.free_memory(device)
+                with common.peak_memory(device) as peak:
+                    ms = common.median(common.time_ms(step, device, iters, warmup))
+                baseline = baseline or ms
+                name = f"{model_name} {setting}: {way}"
+                rows.append({"name": name, "model": model_name, "layers": len(adapters.layers),
+                             "gamma": 0.5 if kind == "jumplora" else None, "ms": round(ms, 3),
+                             "ratio_vs_loop": round(ms / baseline, 3), "peak_mib": peak["mib"],
+                             "saved_mib": saved_mib(penalty)})
+                if args.profile and args.profile in name:
+                    common.profile(name, step, device)
+            del adapters, ella
+    common.report(rows, ["name", "layers", "ms", "ratio_vs_loop", "peak_mib", "saved_mib"], args.json)
+
+
+if __name__ == "__main__":
+    main()
