@@ -19,7 +19,8 @@ Each in two settings: plain LoRA (``ella``) and JumpLoRA's sparse mode after S_s
 gate and its threshold gradient live; ``jumplora+ella``). The script first checks that the two give
 the same penalty and gradients. Median of --iters after --warmup calls. ``saved_mib``: what
 autograd keeps from the forward for the backward (W_past included), the memory the penalty holds
-through a training step's backward.
+through a training step's backward. ``ops``: operations dispatched to kernels by one forward +
+backward, about one kernel launch each on a GPU, where the loop's count makes it host-bound.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 import common
 from jumplora import AdapterConfig, AdapterSet, EllaPenalty
 from jumplora.families.loading import bundled_model_path
+from jumplora.strategies import ella as ella_module
 
 LAMBDA = 1e4
 
@@ -87,12 +89,38 @@ def saved_mib(penalty) -> float:
     return round(sum(storages.values()) / 2**20, 1)
 
 
+def count_ops(fn) -> int:
+    """Operations dispatched below autograd by one call of ``fn`` (forward and backward).
+
+    Each costs some microseconds of host time and, views aside, launches a kernel on a GPU: this
+    count is what makes a penalty over many small layers host-bound there, and it can be taken on
+    any device.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return Counter.calls
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], dtype=False)
     p.add_argument("--iters", type=int, help="timed calls (default 100 on CUDA, 10 on the CPU)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default 20 on CUDA, 3 on the CPU)")
     p.add_argument("--models", default="minilm,t5-large", help="comma-separated: minilm, t5-large")
+    p.add_argument("--stack-entries", type=int, help="override the library's cap on entries per stack "
+                   f"(CPU {ella_module.CPU_STACK_ENTRIES}, GPU {ella_module.DEVICE_STACK_ENTRIES}), e.g. to count "
+                   "on the CPU the operations of the GPU layout")
     args = p.parse_args()
+    if args.stack_entries:
+        ella_module.CPU_STACK_ENTRIES = ella_module.DEVICE_STACK_ENTRIES = args.stack_entries
     device = common.check_device(args)
     iters = args.iters or (100 if device.type == "cuda" else 10)
     warmup = args.warmup or (20 if device.type == "cuda" else 3)
@@ -102,6 +130,7 @@ def main() -> None:
         raise SystemExit(f"--models: unknown {unknown}; use minilm and/or t5-large")
 
     rows = [common.metadata(device, "fp32", lam=LAMBDA, r=8, iters=iters, warmup=warmup,
+                            stack_entries=ella_module.CPU_STACK_ENTRIES if device.type == "cpu" else ella_module.DEVICE_STACK_ENTRIES,
                             t5=common.T5_TINY if args.quick else common.T5_LARGE)]
     for model_name in models:
         for kind, setting in (("lora", "ella (lora)"), ("jumplora", "jumplora+ella sparse, γ=0.5")):
@@ -130,11 +159,11 @@ def main() -> None:
                 rows.append({"name": name, "model": model_name, "layers": len(adapters.layers),
                              "gamma": 0.5 if kind == "jumplora" else None, "ms": round(ms, 3),
                              "ratio_vs_loop": round(ms / baseline, 3), "peak_mib": peak["mib"],
-                             "saved_mib": saved_mib(penalty)})
+                             "saved_mib": saved_mib(penalty), "ops": count_ops(step)})
                 if args.profile and args.profile in name:
                     common.profile(name, step, device)
             del adapters, ella
-    common.report(rows, ["name", "layers", "ms", "ratio_vs_loop", "peak_mib", "saved_mib"], args.json)
+    common.report(rows, ["name", "layers", "ms", "ratio_vs_loop", "peak_mib", "saved_mib", "ops"], args.json)
 
 
 if __name__ == "__main__":
