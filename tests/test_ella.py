@@ -33,6 +33,9 @@ def test_penalty_by_hand():
     ella.add(TaskUpdate({"q": past}, "lora"), model)  # only q has a past: L = 1
     # ‖β·ΔW ⊙ P‖² = 2² + 0 + 2² + 24² = 584; λ/L · 584 with λ = 10.
     assert float(ella(adapters, 10.0).detach()) == pytest.approx(5840.0)
+    ella.past["q"] = 2 * ella.past["q"]  # e.g. a checkpoint restored: the stacked copy must follow
+    assert float(ella(adapters, 10.0).detach()) == pytest.approx(4 * 5840.0)
+    ella.past["q"] = ella.past["q"] / 2
     ella.add(TaskUpdate({"q": past, "v": 2 * past}, "lora"), model)  # q: 2P, v: 2P; L = 2
     # Each layer: ‖β·ΔW ⊙ 2P‖² = 4·584; mean over L = 2 layers → 2336; λ = 0.5 → 1168.
     assert float(ella(adapters, 0.5).detach()) == pytest.approx(1168.0)
