@@ -41,6 +41,9 @@ CASES = {
     "malformed data file": (["--task-file", "{malformed}"], "line 2"),
     "task entry without path or hub": (["--task-file", "{nopath}"], "one of path (a file) or hub"),
     "demo with order": (["--benchmark", "demo", "--order", "1"], "demo benchmark has one fixed stream"),
+    "unknown precision": (["--precision", "fp8"], "unknown precision 'fp8'"),
+    "bf16 weights for full fine-tuning": (["--precision", "bf16-base", "--method", "inclora", "--method", "seqft"],
+                                          "seqft trains them all"),
     "target matching nothing": (["--targets", "nothing", "--task-file", "{tasks}", "--model", "{model}"],
                                 "match nothing"),
 }

@@ -178,3 +178,33 @@ def test_sweep_skips_finished_runs_and_writes_the_report(tmp_benchmark, tmp_path
     names += [f"accuracy_{m}_seed{k}.png" for m in ("inclora", "jumplora+inclora") for k in (0, 1)]
     for name in names:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (report / name).stat().st_size > 5000, name
+
+
+@pytest.mark.parametrize("make", [tiny_t5, minilm], ids=["t5", "minilm"])
+def test_bf16_base_trains_fp32_adapters_on_bf16_weights(make, stream, tmp_path):
+    from safetensors.torch import load_file
+
+    from jumplora.adapters import TaskUpdate
+
+    model, tokenizer = make()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    assert main(["run", "--model", str(tmp_path / "model"), "--task-file", str(stream), "--method", "jumplora+ella",
+                 "--output", str(tmp_path / "out"), "--batch-size", "8", "--learning-rate", "5e-3",
+                 "--ella-lambda", "100", "--precision", "bf16-base"]) == 0
+    out = tmp_path / "out" / "jumplora+ella" / "seed0"
+    results = json.loads((out / "results.json").read_text())
+    assert results["finished_tasks"] == 2 and all(0 <= v <= 100 for v in results["accuracy_matrix"][1])
+    final = load_file(out / "model" / "model.safetensors")
+    assert {v.dtype for v in final.values()} == {torch.bfloat16}
+    # The updates are recorded in fp32; the weights are base + update, rounded once per task to bf16.
+    updates = [TaskUpdate.load(out / "deltas" / name) for name in ("00-sport.safetensors", "01-mood.safetensors")]
+    base = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    changed = 0
+    for name, first in updates[0].deltas.items():
+        assert first.dtype == torch.float32
+        key = next(k for k in final if k.endswith(name + ".weight"))
+        expected = (base[key].float() + first).to(torch.bfloat16).float() + updates[1].deltas[name]
+        torch.testing.assert_close(final[key].float(), expected, rtol=2**-8, atol=1e-6)
+        changed += int(not torch.equal(final[key], base[key]))
+    assert changed > 0

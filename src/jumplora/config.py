@@ -17,7 +17,7 @@ from jumplora.adapters.config import ELLA_DELTA_MODES, AdapterConfig
 from jumplora.errors import JumploraError
 
 BENCHMARKS = ("demo", "sc", "ls")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-base")
 
 
 @dataclass
@@ -69,7 +69,9 @@ class RunConfig:
     keep_checkpoints: int = 2  # per-task checkpoints kept (the newest ones); resume needs 1, rollback checks 2
     # Hardware
     device: str = "auto"  # auto | cpu | cuda (several GPUs: `accelerate launch`)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; adapters stay fp32)
+    # fp32 | bf16 | fp16 (autocast; adapters stay fp32) | bf16-base: the frozen weights are stored in
+    # bf16 (half the memory, bf16 matmuls without autocast's casts), adapters and optimiser state fp32
+    precision: str = "fp32"
     trust_remote_code: bool = False
     # Tracking: nothing is started unless asked
     log_with: list[str] | None = None  # tensorboard and/or wandb
@@ -128,6 +130,12 @@ class RunConfig:
             raise JumploraError(f"unknown device {self.device!r}: use auto, cpu or cuda")
         if self.precision not in PRECISIONS:
             raise JumploraError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        full = [m for m in self.methods if parse_method(m).adapter_kind is None]
+        if self.precision == "bf16-base" and full:
+            raise JumploraError(
+                f"precision bf16-base stores the weights in bf16, but {', '.join(full)} trains them all: "
+                "use --precision bf16 (autocast) for it, or an adapter method"
+            )
         if self.causal_mode not in ("generate", "rank"):
             raise JumploraError(f"unknown causal_mode {self.causal_mode!r}: use generate or rank")
         self.adapter_config("jumplora")  # the adapter settings are checked where they are defined

@@ -31,7 +31,8 @@ def make_accelerator(device: str, precision: str, log_with: list[str] | None = N
     """One per run. Unused parameters are allowed: log τ takes part only from S_start on.
 
     Trackers (TensorBoard, Weights & Biases) start only when ``log_with`` names them."""
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # bf16-base needs no autocast: the weights themselves are bf16 (runner._load).
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "bf16-base": "no"}[precision]
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if device == "cuda" and not torch.cuda.is_available():
         raise JumploraError("--device cuda asked for but no CUDA device is visible: use --device cpu or auto")

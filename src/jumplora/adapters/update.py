@@ -77,7 +77,8 @@ class TaskUpdate:
                 )
             targets[name] = module.weight
         for name, weight in targets.items():
-            weight.add_(self.deltas[name].to(device=weight.device, dtype=weight.dtype), alpha=sign)
+            # The sum is formed in the delta's precision and rounded once into a bf16/fp16 weight.
+            weight.add_(self.deltas[name].to(device=weight.device), alpha=sign)
 
     def save(self, path: str | Path) -> None:
         """Write one safetensors file (the sparse or dense form above) atomically."""

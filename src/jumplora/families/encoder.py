@@ -58,7 +58,8 @@ class EncoderFamily(Family):
 
     def embed(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``[batch, hidden]`` L2-normalised mean of the last hidden states over the real tokens."""
-        hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # Pooled and normalised in fp32 even from a bf16 model: cos/τ with τ = 0.05 magnifies rounding.
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return F.normalize(mean, dim=-1)

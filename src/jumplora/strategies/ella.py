@@ -16,8 +16,8 @@ on CUDA): with U = β·ΔW_eff and P = W_past,
     ∂/∂U [c·Σ (U ⊙ P)²] = 2c·U ⊙ P²,
 
 from which ``adapter_gradients`` gives ∂/∂A, ∂/∂B and ∂/∂τ exactly as for the layer's weight
-gradient. ΔW is recomputed in the backward, so no d_out×d_in tensor is kept in between: autograd
-would keep about four per layer (ΔW, the mask, ΔW_eff, ΔW_eff ⊙ P).
+gradient. ΔW is recomputed in the backward, so no d_out×d_in tensor is kept in between; autograd
+keeps one per layer for LoRA and two for JumpLoRA (``saved_mib`` of benchmarks/ella.py).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from jumplora.errors import JumploraError
 
 # The most entries L·d_out·d_in in one stack. On the CPU a stack's temporaries should stay in the
 # cache: 2^19 (2 MiB in fp32) measured fastest on MiniLM (benchmarks/ella.py; whole-model stacks
-# were 1.6× slower than a per-layer loop there). On a GPU the cap only bounds the backward's
-# temporaries (a few of 128 MiB each); the launches saved are per stack.
+# ran up to 2x slower than a per-layer loop there, 4.5x on T5-large). On a GPU the cap only bounds
+# the backward's temporaries (a few of 128 MiB each); the launches saved are per stack.
 CPU_STACK_ENTRIES = 2**19
 DEVICE_STACK_ENTRIES = 2**25
 
