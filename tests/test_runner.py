@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from _models import minilm, tiny_llama, tiny_t5
+from _models import minilm, save, tiny_llama, tiny_t5
 from jumplora.cli import main
 from jumplora.strategies.methods import METHODS
 
@@ -52,8 +52,7 @@ def stream(tmp_path_factory):
 def model_dir(request, tmp_path_factory):
     model, tokenizer = {"t5": tiny_t5, "llama": tiny_llama, "minilm": minilm}[request.param]()
     folder = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save(model, tokenizer, folder)
     return request.param, folder
 
 
@@ -98,8 +97,7 @@ def test_every_method_runs_the_stream(model_dir, stream, method, tmp_path):
 def test_minilm_learns_the_toy_stream_and_fwt_uses_single_task_runs(stream, tmp_path):
     model, tokenizer = minilm()
     folder = tmp_path / "minilm"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save(model, tokenizer, folder)
     args = ["run", "--model", str(folder), "--task-file", str(stream), "--method", "jumplora+inclora",
             "--output", str(tmp_path / "out"), "--batch-size", "8", "--learning-rate", "5e-3",
             "--single-task-baselines", "true", "--save-model", "false"]
@@ -116,8 +114,7 @@ def test_minilm_learns_the_toy_stream_and_fwt_uses_single_task_runs(stream, tmp_
 
 def test_lambda_search_picks_per_task_by_dev_accuracy(stream, tmp_path):
     model, tokenizer = tiny_llama()
-    model.save_pretrained(tmp_path / "llama")
-    tokenizer.save_pretrained(tmp_path / "llama")
+    save(model, tokenizer, tmp_path / "llama")
     assert main(["run", "--model", str(tmp_path / "llama"), "--task-file", str(stream), "--method", "jumplora+ella",
                  "--output", str(tmp_path / "out"), "--batch-size", "8", "--ella-lambda-search", "true",
                  "--ella-lambda-grid", "1,1000", "--save-model", "false"]) == 0
@@ -144,8 +141,7 @@ def test_hub_tasks_go_through_the_datasets_library(tmp_path, monkeypatch):
                for name, (instruction, _, _) in TOY.items()]
     (folder / "hub.yaml").write_text(json.dumps(entries))
     model, tokenizer = tiny_llama()
-    model.save_pretrained(tmp_path / "llama")
-    tokenizer.save_pretrained(tmp_path / "llama")
+    save(model, tokenizer, tmp_path / "llama")
     assert main(["run", "--model", str(tmp_path / "llama"), "--task-file", str(folder / "hub.yaml"),
                  "--method", "inclora", "--output", str(tmp_path / "out"), "--batch-size", "8",
                  "--save-model", "false"]) == 0
@@ -156,8 +152,7 @@ def test_hub_tasks_go_through_the_datasets_library(tmp_path, monkeypatch):
 
 def test_sweep_skips_finished_runs_and_writes_the_report(tmp_benchmark, tmp_path):
     model, tokenizer = tiny_llama()
-    model.save_pretrained(tmp_path / "llama")
-    tokenizer.save_pretrained(tmp_path / "llama")
+    save(model, tokenizer, tmp_path / "llama")
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(json.dumps({
         "model": str(tmp_path / "llama"), "benchmark": "sc", "order": [1], "data_dir": str(tmp_benchmark),
@@ -187,8 +182,7 @@ def test_bf16_base_trains_fp32_adapters_on_bf16_weights(make, stream, tmp_path):
     from jumplora.adapters import TaskUpdate
 
     model, tokenizer = make()
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    save(model, tokenizer, tmp_path / "model")
     assert main(["run", "--model", str(tmp_path / "model"), "--task-file", str(stream), "--method", "jumplora+ella",
                  "--output", str(tmp_path / "out"), "--batch-size", "8", "--learning-rate", "5e-3",
                  "--ella-lambda", "100", "--precision", "bf16-base"]) == 0
