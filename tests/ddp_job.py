@@ -24,10 +24,10 @@ config = load_config(overrides={"model": model_dir, "task_file": task_file, "out
                                 "batch_size": int(batch_size), "learning_rate": 5e-3, "save_model": False,
                                 "lora_dropout": 0.0})
 accelerator = make_accelerator("cpu", "fp32")
-_, model = run_stream(config, method, 0, resolve_stream(config), accelerator, log=lambda *_: None)
+tasks = resolve_stream(config)
+_, model = run_stream(config, method, 0, tasks, accelerator, log=lambda *_: None)
 state = {k: v.contiguous() for k, v in model.state_dict().items()}
 save_file(state, f"{output}/rank{accelerator.process_index}-of-{accelerator.num_processes}.safetensors")
-tasks = resolve_stream(config)
 family = EncoderFamily(AutoTokenizer.from_pretrained(model_dir), config.max_source_length, config.encoder_temperature)
 accuracy = {task.name: {"sharded": evaluate(model, family, task, 4, accelerator=accelerator),
                         "whole": evaluate(model, family, task, 4)} for task in tasks}

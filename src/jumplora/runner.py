@@ -356,13 +356,19 @@ def _record_sparsity(results, label, update, thresholds, masks) -> None:
     if any(s in (0.0, 1.0) for s in sparsity.values()):
         # A gate that keeps nothing (or everything) is no longer a sparse update: say so.
         results["collapsed"].append(label)
-    per_layer = {}
+    # Only the new task's row is computed: the matrix of the earlier tasks is already in the results
+    # (J is symmetric), so a stream of T tasks costs O(T²) comparisons in all, not O(T³).
+    previous, per_layer = results["jaccard"]["per_layer"], {}
     for name in masks[-1]:
-        per_layer[name] = [[metrics.jaccard(a[name], b[name]) for b in masks] for a in masks]
+        row = [metrics.jaccard(masks[-1][name], m[name]) for m in masks]
+        known = previous.get(name, [])
+        if len(known) != len(masks) - 1:  # not built task by task: all pairs
+            known = [[metrics.jaccard(a[name], b[name]) for b in masks[:-1]] for a in masks[:-1]]
+        per_layer[name] = [values + [row[i]] for i, values in enumerate(known)] + [row]
     results["jaccard"]["per_layer"] = per_layer
-    layer_means = [metrics.mean_jaccard_with_previous([m[name] for m in masks]) for name in masks[-1]]
-    last = [values[-1] for values in layer_means]
-    results["jaccard"]["mean_with_previous"].append(None if last[0] is None else float(np.mean(last)))
+    # Entry t of metrics.mean_jaccard_with_previous: the mean over layers of (1/t)·Σ_{s<t} J(t, s).
+    last = [float(np.mean(matrix[-1][:-1])) for matrix in per_layer.values()] if len(masks) > 1 else None
+    results["jaccard"]["mean_with_previous"].append(None if last is None else float(np.mean(last)))
 
 
 def _fill_metrics(results, accuracy, single_task) -> None:

@@ -9,6 +9,7 @@ every rank, so every rank ends with the same merged model.
 from __future__ import annotations
 
 import importlib.util
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -95,16 +96,18 @@ def train_task(
             loss = family.loss(wrapped, batch)
             penalty = strategy.penalty()
             total = loss if penalty is None else loss + penalty
-        if not torch.isfinite(total):
+        # One device-to-host read per step for both numbers (each read waits for the queued work).
+        loss_value, total_value = torch.stack([loss.detach().float(), total.detach().float()]).tolist()
+        if not math.isfinite(total_value):
             raise JumploraError(
-                f"the loss became {float(total.detach())} at step {step} of task {label}: lower the learning rate "
+                f"the loss became {total_value} at step {step} of task {label}: lower the learning rate "
                 "or use --precision fp32"
             )
         accelerator.backward(total)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(loss_value)
         tau = strategy.threshold_tensor()
         if tau is not None:
             trace.append(tau)

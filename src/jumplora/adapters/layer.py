@@ -67,10 +67,11 @@ class AdaptedLinear(nn.Module):
         self.train(base_layer.training)  # a model in eval mode must not start dropping out
 
     def _gamma_tensor(self) -> torch.Tensor:
-        # One small host-to-device copy per change of γ, not one per forward.
+        # One small tensor per change of γ, not one per forward.
         cached = self.__dict__.get("_gamma_cache")
         if cached is None or cached[0] != self.gamma or cached[1].device != self.lora_A.device:
-            cached = (self.gamma, torch.tensor(self.gamma, dtype=self.lora_A.dtype, device=self.lora_A.device))
+            # new_full fills on the device: no host-to-device copy, which would wait for the queued work.
+            cached = (self.gamma, self.lora_A.new_full((), self.gamma))
             self.__dict__["_gamma_cache"] = cached
         return cached[1]
 
@@ -112,34 +113,38 @@ class AdaptedLinear(nn.Module):
         return F.linear(x, folded, bias)
 
 
-def interpolated_update(lora_A, lora_B, threshold, scaling: float, gamma):
-    """β·ΔW_interp = β·ΔW ⊙ ((1−γ) + γ·H(|ΔW| − τ)), no gradient graph of its own.
+def gate_factor(delta, threshold, scaling: float, gamma):
+    """β·((1−γ) + γ·H(|ΔW| − τ)) per entry, so that β·ΔW_interp = ΔW ⊙ this factor."""
+    return torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
 
-    Also for stacks of L layers of one shape: A (L, r, d_in), B (L, d_out, r), τ (L, 1, 1).
+
+def interpolated_update(delta, threshold, scaling: float, gamma):
+    """β·ΔW_interp from ΔW = B·A, no gradient graph of its own.
+
+    Also for stacks of L layers of one shape: ΔW (L, d_out, d_in) with τ (L, 1, 1).
     """
-    delta = lora_B @ lora_A
-    return delta * torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
+    return delta * gate_factor(delta, threshold, scaling, gamma)
 
 
-def fold_weight(weight, lora_A, lora_B, threshold, scaling: float, gamma):
+def fold_weight(weight, delta, threshold, scaling: float, gamma):
     """W + β·ΔW_interp, in W's dtype."""
-    return interpolated_update(lora_A, lora_B, threshold, scaling, gamma).to(weight.dtype) + weight
+    return interpolated_update(delta, threshold, scaling, gamma).to(weight.dtype) + weight
 
 
-def adapter_gradients(grad_weight, lora_A, lora_B, threshold, scaling: float, gamma, bandwidth: float, mean: bool):
+def adapter_gradients(grad_weight, delta, lora_A, lora_B, threshold, scaling: float, gamma, bandwidth: float, mean: bool):
     """∂L/∂A, ∂L/∂B, ∂L/∂τ from G = ∂L/∂(β·ΔW_interp), here the weight gradient (module docstring).
 
-    The kernel terms of Eq. 2 are written |ΔW ± τ| < ε/2, the same set as −½ < (∓ΔW − τ)/ε < ½
-    without the divisions; both halves are kept, as they overlap when τ < ε/2. Works on stacks
-    like :func:`interpolated_update`; ∂L/∂τ then has one entry per layer, (L, 1, 1).
+    ``delta`` is ΔW = B·A, computed once by the caller. The kernel terms of Eq. 2 are written
+    |ΔW ± τ| < ε/2, the same set as −½ < (∓ΔW − τ)/ε < ½ without the divisions; both halves are
+    kept, as they overlap when τ < ε/2. Works on stacks like :func:`interpolated_update`; ∂L/∂τ
+    then has one entry per layer, (L, 1, 1).
     """
-    delta = lora_B @ lora_A
     half = bandwidth / 2
     band = ((delta + threshold).abs() < half).to(delta.dtype) - ((delta - threshold).abs() < half).to(delta.dtype)
     grad_tau = (grad_weight * band).sum((-2, -1), keepdim=True) * (scaling * gamma * threshold / bandwidth)
     if mean:
         grad_tau = grad_tau / (delta.shape[-2] * delta.shape[-1])
-    grad_delta = grad_weight * torch.where(delta.abs() > threshold, scaling, scaling * (1 - gamma))
+    grad_delta = grad_weight * gate_factor(delta, threshold, scaling, gamma)
     return lora_B.mT @ grad_delta, grad_delta @ lora_A.mT, grad_tau
 
 
@@ -151,19 +156,24 @@ class _Kernels:
 
     def __init__(self) -> None:
         self.compiled: dict = {}
+        self.working: set = set()  # functions whose compiled form has run once
         self.failed = False
 
     def call(self, fn, device: torch.device, *args):
         if device.type != "cuda" or self.failed:
             return fn(*args)
+        if fn in self.working:  # errors from here on are the run's own (out of memory...), not the compiler's
+            return self.compiled[fn](*args)
         try:
             if fn not in self.compiled:
                 self.compiled[fn] = torch.compile(fn, dynamic=False)
-            return self.compiled[fn](*args)
+            result = self.compiled[fn](*args)
         except Exception as error:  # noqa: BLE001 - a compiler failure must not stop training
             warnings.warn(f"torch.compile of the JumpLoRA kernels failed ({type(error).__name__}); using eager PyTorch")
             self.failed = True
             return fn(*args)
+        self.working.add(fn)
+        return result
 
 
 KERNELS = _Kernels()
@@ -180,7 +190,7 @@ class _FoldedJumpLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction):
-        folded = KERNELS.call(fold_weight, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
+        folded = KERNELS.call(fold_weight, x.device, weight, lora_B @ lora_A, threshold, scaling, gamma)
         ctx.save_for_backward(x, weight, bias, lora_A, lora_B, threshold, gamma)
         ctx.constants = (scaling, bandwidth, reduction)
         return F.linear(x, folded, bias)
@@ -192,17 +202,20 @@ class _FoldedJumpLinear(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_out = grad_out.to(x.dtype)  # under autocast the output was computed in a lower precision
         grad_x = grad_w = grad_b = grad_A = grad_B = grad_tau = None
+        delta = lora_B @ lora_A  # once for both uses below
         if needs[0]:
-            grad_x = grad_out @ KERNELS.call(fold_weight, x.device, weight, lora_A, lora_B, threshold, scaling, gamma)
+            grad_x = grad_out @ KERNELS.call(fold_weight, x.device, weight, delta, threshold, scaling, gamma)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         if needs[2]:
             grad_b = g2.sum(0)
-        if any(needs[1:6]):
+        if needs[1] or any(needs[3:6]):
             # The one extra matmul over the tokens: the weight gradient G = gᵀ·x.
             grad_weight = (g2.t() @ x.reshape(-1, x.shape[-1])).to(lora_A.dtype)
             if needs[1]:
                 grad_w = grad_weight.to(weight.dtype, copy=True)
-            grad_A, grad_B, grad_tau = KERNELS.call(
-                adapter_gradients, x.device, grad_weight, lora_A, lora_B, threshold, scaling, gamma, bandwidth, reduction == "mean")
-            grad_tau = grad_tau.reshape(threshold.shape)
+            if any(needs[3:6]):
+                grad_A, grad_B, grad_tau = KERNELS.call(
+                    adapter_gradients, x.device, grad_weight, delta, lora_A, lora_B, threshold, scaling, gamma,
+                    bandwidth, reduction == "mean")
+                grad_tau = grad_tau.reshape(threshold.shape)
         return grad_x, grad_w, grad_b, grad_A, grad_B, grad_tau, None, None, None, None

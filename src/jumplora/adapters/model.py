@@ -31,6 +31,7 @@ class AdapterSet:
         self.schedule: JumpSchedule | None = None
         self.step = 0
         self.thresholds_ready = False
+        self._stack_cache: dict = {}
         names = self._target_names(model, self.config)
         self.groups = self._make_groups(names) if self.config.kind == "jumplora" else {}
         self.layers: dict[str, AdaptedLinear] = {}
@@ -167,22 +168,30 @@ class AdapterSet:
         a τ in the graph that gets no gradient would still count as used under DDP). ``max_entries``
         caps L·d_out·d_in of a stack (a shape's layers are then split; at least one per stack).
         """
-        names = list(self.layers) if names is None else names
-        by_shape: dict[tuple, list[list[str]]] = {}
-        for name in names:
-            A, B = self.layers[name].lora_A, self.layers[name].lora_B
-            stacks = by_shape.setdefault((B.shape[0], A.shape[1], A.dtype, A.device), [[]])
-            if stacks[-1] and max_entries is not None and (len(stacks[-1]) + 1) * B.shape[0] * A.shape[1] > max_entries:
-                stacks.append([])
-            stacks[-1].append(name)
+        names = tuple(self.layers) if names is None else tuple(names)
         out = []
-        for members in (m for stacks in by_shape.values() for m in stacks):
+        for members in self._stack_members(names, max_entries):
             layers = [self.layers[n] for n in members]
             tau = None
             if self.groups and thresholds:
                 tau = torch.stack([self.groups[self._group_key(n)].log_threshold for n in members]).exp().view(-1, 1, 1)
-            out.append((tuple(members), torch.stack([l.lora_A for l in layers]), torch.stack([l.lora_B for l in layers]), tau))
+            out.append((members, torch.stack([l.lora_A for l in layers]), torch.stack([l.lora_B for l in layers]), tau))
         return out
+
+    def _stack_members(self, names: tuple[str, ...], max_entries: int | None) -> list[tuple[str, ...]]:
+        """The layer names of each stack of :meth:`stacked_factors`: fixed for a set of layers, so
+        worked out once, not at every step."""
+        cache = self._stack_cache
+        if (names, max_entries) not in cache:
+            by_shape: dict[tuple, list[list[str]]] = {}
+            for name in names:
+                A, B = self.layers[name].lora_A, self.layers[name].lora_B
+                stacks = by_shape.setdefault((B.shape[0], A.shape[1], A.dtype, A.device), [[]])
+                if stacks[-1] and max_entries is not None and (len(stacks[-1]) + 1) * B.shape[0] * A.shape[1] > max_entries:
+                    stacks.append([])
+                stacks[-1].append(name)
+            cache[(names, max_entries)] = [tuple(m) for stacks in by_shape.values() for m in stacks]
+        return cache[(names, max_entries)]
 
     # -- end of task --------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ class _StackPenalty(torch.autograd.Function):
     def forward(ctx, lora_A, lora_B, threshold, past, scaling, gamma, bandwidth, mean):
         gated = gamma != 0.0
         gamma_t = lora_A.new_full((), gamma) if gated else None  # a fill kernel, no host-to-device copy
-        update = _update(lora_A, lora_B, threshold, scaling, gamma_t)
+        update = _update(lora_B @ lora_A, threshold, scaling, gamma_t)
         ctx.save_for_backward(lora_A, lora_B, threshold if gated else None, past, gamma_t)
         ctx.constants = (scaling, bandwidth, mean)
         return (update * past).square().sum()
@@ -108,17 +108,18 @@ class _StackPenalty(torch.autograd.Function):
     def backward(ctx, grad_value):
         lora_A, lora_B, tau, past, gamma = ctx.saved_tensors
         scaling, bandwidth, mean = ctx.constants
-        grad_update = (2 * grad_value) * _update(lora_A, lora_B, tau, scaling, gamma) * past.square()
+        delta = lora_B @ lora_A  # recomputed once, not kept from the forward
+        grad_update = (2 * grad_value) * _update(delta, tau, scaling, gamma) * past.square()
         if gamma is None:
             grad_delta = grad_update * scaling
             return lora_B.mT @ grad_delta, grad_delta @ lora_A.mT, None, None, None, None, None, None
         grad_A, grad_B, grad_tau = KERNELS.call(
-            adapter_gradients, lora_A.device, grad_update, lora_A, lora_B, tau, scaling, gamma, bandwidth, mean)
+            adapter_gradients, lora_A.device, grad_update, delta, lora_A, lora_B, tau, scaling, gamma, bandwidth, mean)
         return grad_A, grad_B, grad_tau if ctx.needs_input_grad[2] else None, None, None, None, None, None
 
 
-def _update(lora_A, lora_B, threshold, scaling, gamma):
-    """U = β·ΔW_interp(γ); γ None means 0 (no gate)."""
+def _update(delta, threshold, scaling, gamma):
+    """U = β·ΔW_interp(γ) from ΔW; γ None means 0 (no gate)."""
     if gamma is None:
-        return (lora_B @ lora_A) * scaling
-    return KERNELS.call(interpolated_update, lora_A.device, lora_A, lora_B, threshold, scaling, gamma)
+        return delta * scaling
+    return KERNELS.call(interpolated_update, delta.device, delta, threshold, scaling, gamma)
