@@ -122,9 +122,7 @@ def record_delta(run_dir: Path, index: int, task: str, file: Path) -> None:
     entries = read_manifest(run_dir) if manifest_path.is_file() else []
     entries = [e for e in entries if e["index"] != index] + [
         {"index": index, "task": task, "file": file.name, "sha256": sha256(file)}]
-    tmp = manifest_path.with_name("manifest.json.tmp")
-    tmp.write_text(json.dumps(sorted(entries, key=lambda e: e["index"]), indent=1))
-    tmp.replace(manifest_path)
+    write_json(manifest_path, sorted(entries, key=lambda e: e["index"]))
 
 
 def read_manifest(run_dir: Path) -> list[dict]:
@@ -132,10 +130,22 @@ def read_manifest(run_dir: Path) -> list[dict]:
     if not path.is_file():
         raise JumploraError(f"{run_dir} has no deltas/manifest.json: pass the folder of one method and seed "
                             "(OUTPUT/<method>/seed<k>) of a run that merges per-task updates")
+    return load_manifest(path)
+
+
+def load_manifest(path: Path) -> list[dict]:
+    """The entries of a manifest.json file (index, task, file, sha256)."""
     try:
         return json.loads(path.read_text())
     except ValueError:
         raise JumploraError(f"{path} is not valid JSON") from None
+
+
+def check_sha256(path: Path, expected: str) -> Path:
+    """``path``, after checking that it exists and has the SHA-256 its manifest lists."""
+    if not path.is_file() or sha256(path) != expected:
+        raise JumploraError(f"{path} is missing or does not match its SHA-256 in the manifest: refusing to apply it")
+    return path
 
 
 def verified_delta(run_dir: Path, task: str) -> Path:
@@ -144,7 +154,16 @@ def verified_delta(run_dir: Path, task: str) -> Path:
     if not entries:
         known = ", ".join(e["task"] for e in read_manifest(run_dir))
         raise JumploraError(f"no update for task {task!r} in {run_dir}: its tasks are {known}")
-    path = run_dir / "deltas" / entries[0]["file"]
-    if not path.is_file() or sha256(path) != entries[0]["sha256"]:
-        raise JumploraError(f"{path} is missing or does not match its SHA-256 in the manifest: refusing to apply it")
-    return path
+    return check_sha256(run_dir / "deltas" / entries[0]["file"], entries[0]["sha256"])
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write atomically: a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -27,6 +27,8 @@ from jumplora.checkpoint import (
     restore_rng,
     rng_state,
     save_checkpoint,
+    write_json,
+    write_text,
 )
 from jumplora.config import RunConfig, load_config, load_yaml
 from jumplora.data import Task, is_correct
@@ -386,16 +388,6 @@ def _fill_metrics(results, accuracy, single_task) -> None:
     results["single_task_accuracy"] = single_task
 
 
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=1))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def summary_table(all_results: list[dict]) -> str:

@@ -9,12 +9,11 @@ not at all.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from jumplora.adapters import TaskUpdate
-from jumplora.checkpoint import sha256, verified_delta
+from jumplora.checkpoint import check_sha256, load_manifest, verified_delta
 from jumplora.errors import JumploraError
 from jumplora.families import load_model
 
@@ -29,10 +28,10 @@ def rollback(run_dir: Path, task: str, output: Path) -> None:
 def apply_update(model_dir: Path, update_file: Path, output: Path, sign: float = 1.0) -> None:
     """``model_dir`` plus (or minus) the update in ``update_file``, saved to ``output``."""
     manifest = update_file.parent / "manifest.json"
-    if manifest.is_file():
-        entries = {e["file"]: e["sha256"] for e in json.loads(manifest.read_text())}
-        if update_file.name in entries and sha256(update_file) != entries[update_file.name]:
-            raise JumploraError(f"{update_file} does not match its SHA-256 in {manifest}: refusing to apply it")
+    if manifest.is_file():  # a file of a run's deltas/ folder: it must be the one the run wrote
+        entries = {e["file"]: e["sha256"] for e in load_manifest(manifest)}
+        if update_file.name in entries:
+            check_sha256(update_file, entries[update_file.name])
     _write_updated(model_dir, update_file, output, sign)
 
 
