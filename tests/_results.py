@@ -1,6 +1,7 @@
-"""Synthetic results.json files in the layout `jumplora run` writes, every field filled.
+"""Synthetic results.json files in the layout `jumplora run` writes, every field filled; and reading a run's.
 
     write_run(root, fake_results("jumplora+inclora", seed=1, matrix=...))  # root/<method>/seed1/results.json
+    read_run(root / "jumplora+inclora" / "seed1")  # the parsed results.json
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def _add_masks(results: dict, tasks: list[str], steps: int, threshold_mode: str,
         results["threshold_trace"][task] = trace
         results["thresholds"][task] = {g: values[-1] for g, values in trace.items()}
         results["jaccard"]["mean_with_previous"].append(None if t == 0 else 0.2 + 0.01 * t)
+
+
+def read_run(folder: Path) -> dict:
+    """The parsed ``results.json`` of one run folder (``OUTPUT/<method>/seed<k>``)."""
+    return json.loads((Path(folder) / "results.json").read_text())
 
 
 def write_run(root: Path, results: dict) -> Path:

@@ -9,7 +9,7 @@ from torch import nn
 from _models import minilm, tiny_gpt2, tiny_llama, tiny_t5
 from jumplora import AdapterConfig, AdapterSet, JumploraError, TaskUpdate
 from jumplora.adapters import AdaptedLinear
-from jumplora.adapters._compat import block_of
+from jumplora.adapters._compat import block_index, block_of
 
 BUILDERS = {"t5": tiny_t5, "llama": tiny_llama, "gpt2": tiny_gpt2, "minilm": minilm}
 
@@ -90,6 +90,10 @@ def test_blocks_of_each_family():
     assert block_of("model.layers.12.self_attn.q_proj") == "model.layers.12"
     assert block_of("encoder.layer.2.attention.self.query") == "encoder.layer.2"
     assert block_of("transformer.h.1.attn.c_attn") == "transformer.h.1"
+    # The index of that block (the report's depth axis), T5's block index and not its sub-layer's.
+    assert block_index("decoder.block.3.layer.1.EncDecAttention.v") == 3
+    assert block_index("model.layers.12.self_attn.q_proj") == 12
+    assert block_index("classifier.dense") is None and block_of("classifier.dense") == "classifier.dense"
 
 
 def test_default_targets_per_family(family):

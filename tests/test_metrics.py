@@ -15,6 +15,7 @@ from jumplora.metrics import (
     jaccard,
     mean_jaccard_with_previous,
     overall_accuracy,
+    run_metrics,
     sparsity,
 )
 
@@ -37,6 +38,17 @@ def test_hand_computed_three_tasks():
     assert backward_transfer(A) == -13.0
     assert forward_transfer(A, SINGLE_TASK) == 2.0
     assert forward_transfer(A, None) is None
+
+
+def test_run_metrics_of_finished_stopped_and_joint_runs():
+    assert run_metrics(A, 3, SINGLE_TASK) == {"oa": 73.0, "bwt": -13.0, "fwt": 2.0}
+    assert run_metrics(A, 3) == {"oa": 73.0, "bwt": -13.0, "fwt": None}
+    # Stopped after two tasks: the top-left 2 x 2 block. OA = (70 + 90) / 2, BWT = 70 - 80,
+    # FWT = ((80 - 80) + (90 - 87)) / 2.
+    assert run_metrics(A, 2, SINGLE_TASK) == {"oa": 80.0, "bwt": -10.0, "fwt": 1.5}
+    # Joint training fills only the last row: OA, and no BWT or FWT (no diagonal to compare with).
+    joint = np.array([[NAN, NAN, NAN], [NAN, NAN, NAN], [60.0, 84.0, 75.0]])
+    assert run_metrics(joint, 3, SINGLE_TASK) == {"oa": 73.0, "bwt": None, "fwt": None}
 
 
 def test_single_task_stream():

@@ -1,5 +1,6 @@
 """Crash-safe runs: SIGKILL and resume, rollback of one task, refusals, determinism (slow)."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from _models import save, tiny_llama
+from _results import read_run
 from jumplora.cli import main
 
 pytestmark = pytest.mark.slow
@@ -40,41 +42,83 @@ def run_args(setup, output, method="jumplora+ella", *extra):
             "--output", str(output), "--batch-size", "2", "--learning-rate", "5e-3", "--ella-lambda", "100", *extra]
 
 
+# `jumplora run` (argv[3:]) in a process that, once the checkpoint argv[2] exists (the first task is
+# done) and two steps of the second task are taken, creates the file argv[1] and waits there to be
+# killed: the test kills it inside task two on a condition, not after a guessed delay.
+PAUSE_IN_TASK_TWO = """
+import sys, time
+from pathlib import Path
+from jumplora.cli import main
+from jumplora.families.causal import CausalFamily
+
+marker, checkpoint, real_loss, steps = Path(sys.argv[1]), Path(sys.argv[2]), CausalFamily.loss, []
+
+def loss(self, model, batch):
+    if checkpoint.is_dir():
+        steps.append(1)
+        if len(steps) == 3:
+            marker.touch()
+            time.sleep(600)
+    return real_loss(self, model, batch)
+
+CausalFamily.loss = loss
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 def comparable(results):
     return {k: v for k, v in results.items() if k not in ("timing", "config")}
 
 
-def test_sigkill_mid_task_then_resume_gives_the_uninterrupted_results(setup, tmp_path):
+def file_states(folder):
+    """Every file below ``folder``: its size, modification time and SHA-256."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sigkill_mid_task_then_resume_gives_the_uninterrupted_results(setup, tmp_path, capsys):
     assert main(run_args(setup, tmp_path / "straight")) == 0
     killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    process = subprocess.Popen([sys.executable, "-m", "jumplora.cli", *run_args(setup, killed)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = killed / "jumplora+ella" / "seed0"
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "00-first").is_dir():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+    marker, stderr = tmp_path / "in-task-two", tmp_path / "killed.err"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    with open(stderr, "w") as err:  # a file, not a pipe: the progress bars cannot fill it and stall the run
+        process = subprocess.Popen([sys.executable, "-c", PAUSE_IN_TASK_TWO, str(marker),
+                                    str(run_dir / "checkpoints" / "00-first"), *run_args(setup, killed)],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before task two:\n{stderr.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the run did not reach the third step of task two within 300 s")
         time.sleep(0.05)
-    time.sleep(0.5)  # into the second task's training
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert json.loads((run_dir / "results.json").read_text())["finished_tasks"] == 1  # killed mid-task 2
+    assert read_run(run_dir)["finished_tasks"] == 1  # killed mid-task 2
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["00-first"]
     assert main(["run", "--resume", str(killed)]) == 0
-    straight = json.loads((tmp_path / "straight" / "jumplora+ella" / "seed0" / "results.json").read_text())
-    resumed = json.loads((run_dir / "results.json").read_text())
+    straight = read_run(tmp_path / "straight" / "jumplora+ella" / "seed0")
+    resumed = read_run(run_dir)
     assert comparable(resumed) == comparable(straight)
     a = load_file(tmp_path / "straight" / "jumplora+ella" / "seed0" / "model" / "model.safetensors")
     b = load_file(run_dir / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert main(["run", "--resume", str(killed)]) == 0  # a finished run is left as it is
+    # A finished run is left as it is: no file rewritten, added or removed.
+    before = file_states(killed)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(killed)]) == 0
+    assert f"already finished in {run_dir}" in capsys.readouterr().out
+    assert file_states(killed) == before
 
 
 def test_same_seed_same_results_and_weights(setup, tmp_path):
     for name in ("a", "b"):
         assert main(run_args(setup, tmp_path / name, "jumplora+inclora")) == 0
     a, b = (tmp_path / name / "jumplora+inclora" / "seed0" for name in ("a", "b"))
-    assert comparable(json.loads((a / "results.json").read_text())) == comparable(
-        json.loads((b / "results.json").read_text()))
+    assert comparable(read_run(a)) == comparable(read_run(b))
     wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -136,7 +180,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the loss became nan at step 4 of task second" in err and "lower the learning rate" in err
     run_dir = tmp_path / "run" / "inclora" / "seed0"
-    assert json.loads((run_dir / "results.json").read_text())["finished_tasks"] == 1
+    assert read_run(run_dir)["finished_tasks"] == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["00-first"]
     assert load_file(run_dir / "checkpoints" / "00-first" / "state.safetensors")  # intact
 
@@ -144,7 +188,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 def test_collapsed_gate_is_reported(setup, tmp_path, capsys):
     # r = 16 on 32-wide projections: the budget k = r·(d_in+d_out) covers every entry, nothing is cut.
     assert main(run_args(setup, tmp_path / "run", "jumplora+inclora", "--r", "16")) == 0
-    results = json.loads((tmp_path / "run" / "jumplora+inclora" / "seed0" / "results.json").read_text())
+    results = read_run(tmp_path / "run" / "jumplora+inclora" / "seed0")
     assert results["collapsed"] == ["first", "second", "third"]
     assert "the gate collapsed" in capsys.readouterr().out
 

@@ -1,6 +1,8 @@
 """End to end: `jumplora run` on 2-task streams for every method and model family (slow)."""
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 from transformers import AutoModel
 
 from _models import minilm, save, tiny_llama, tiny_t5
+from _results import read_run
 from jumplora.cli import main
 from jumplora.strategies.methods import METHODS
 
@@ -63,9 +66,8 @@ def test_every_method_runs_the_stream(model_dir, stream, method, tmp_path):
                  "--output", str(tmp_path), "--batch-size", "8", "--learning-rate", "5e-3",
                  "--ella-lambda", "100", "--ewc-lambda", "10", "--save-model", str(method == "inclora")])
     assert code == 0
-    assert "wandb" not in sys.modules and "tensorboard" not in sys.modules  # no tracker unless asked
     out = tmp_path / method / "seed0"
-    results = json.loads((out / "results.json").read_text())
+    results = read_run(out)
     matrix = results["accuracy_matrix"]
     assert results["tasks"] == ["sport", "mood"] and results["finished_tasks"] == 2
     assert matrix[0][1] is None and all(0 <= v <= 100 for v in matrix[1])
@@ -94,6 +96,83 @@ def test_every_method_runs_the_stream(model_dir, stream, method, tmp_path):
                                for k in changed)
 
 
+# Stand-ins for the tracker packages, which are not installed here: each writes its import (wandb's also
+# the calls accelerate's WandBTracker makes) to the file $FAKE_TRACKER_LOG.
+FAKE_TRACKERS = {
+    "wandb": """import os
+
+
+def note(line):
+    with open(os.environ["FAKE_TRACKER_LOG"], "a") as log:
+        log.write(line + "\\n")
+
+
+note("import wandb")
+
+
+class Run:
+    def log(self, values, step=None, **kwargs):
+        note(f"log {step} {','.join(sorted(values))}")
+
+    def finish(self):
+        note("finish")
+
+
+class Config:
+    def update(self, values, **kwargs):
+        note(f"config {values['methods']}")
+
+
+config = Config()
+
+
+def init(project=None, **kwargs):
+    note(f"init {project}")
+    return Run()
+""",
+    "tensorboard": """import os
+
+with open(os.environ["FAKE_TRACKER_LOG"], "a") as log:
+    log.write("import tensorboard\\n")
+""",
+}
+
+
+def test_trackers_are_imported_only_when_asked_for(stream, tmp_path):
+    """No tracker package is imported unless --log-with names it; the one named gets the run.
+
+    The stand-ins carry dist-info, so accelerate counts them as installed (it checks importlib.metadata)
+    and a runner that always passed log_with (or "all") would import them. accelerate takes that census
+    once, when it is imported, hence a fresh process with the stand-ins on its PYTHONPATH.
+    """
+    fakes = tmp_path / "fakes"
+    for name, code in FAKE_TRACKERS.items():
+        (fakes / name).mkdir(parents=True)
+        (fakes / name / "__init__.py").write_text(code)
+        (fakes / f"{name}-0.0.0.dist-info").mkdir()
+        (fakes / f"{name}-0.0.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.0\n")
+    model, tokenizer = tiny_llama()
+    save(model, tokenizer, tmp_path / "llama")
+    log = tmp_path / "trackers.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fakes), *sys.path]), FAKE_TRACKER_LOG=str(log))
+
+    def run(output, *extra):
+        args = ["run", "--model", str(tmp_path / "llama"), "--task-file", str(stream), "--method", "inclora",
+                "--output", str(tmp_path / output), "--batch-size", "8", "--save-model", "false", *extra]
+        done = subprocess.run([sys.executable, "-m", "jumplora.cli", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run("plain")
+    assert not log.exists(), f"a run without --log-with imported a tracker: {log.read_text()}"
+    run("logged", "--log-with", "wandb")  # the stand-in is used when asked for: the check above can fail
+    lines = log.read_text().splitlines()
+    assert lines[:3] == ["import wandb", "init inclora-seed0", "config ['inclora']"] and lines[-1] == "finish"
+    steps = [int(line.split()[1]) for line in lines if line.startswith("log ")]
+    assert steps == list(range(len(steps))) and len(steps) == 6  # 2 tasks x 3 steps, numbered across the stream
+    assert all(line.endswith(" train/loss,train/lr") for line in lines if line.startswith("log "))
+    assert "import tensorboard" not in lines  # only the tracker asked for
+
+
 def test_minilm_learns_the_toy_stream_and_fwt_uses_single_task_runs(stream, tmp_path):
     model, tokenizer = minilm()
     folder = tmp_path / "minilm"
@@ -102,7 +181,7 @@ def test_minilm_learns_the_toy_stream_and_fwt_uses_single_task_runs(stream, tmp_
             "--output", str(tmp_path / "out"), "--batch-size", "8", "--learning-rate", "5e-3",
             "--single-task-baselines", "true", "--save-model", "false"]
     assert main(args) == 0
-    results = json.loads((tmp_path / "out" / "jumplora+inclora" / "seed0" / "results.json").read_text())
+    results = read_run(tmp_path / "out" / "jumplora+inclora" / "seed0")
     matrix, single = results["accuracy_matrix"], results["single_task_accuracy"]
     assert matrix[0][0] >= 75 and matrix[1][1] >= 75  # real weights learn these easy tasks
     assert results["metrics"]["fwt"] == pytest.approx((matrix[0][0] - single[0] + matrix[1][1] - single[1]) / 2)
@@ -118,7 +197,7 @@ def test_lambda_search_picks_per_task_by_dev_accuracy(stream, tmp_path):
     assert main(["run", "--model", str(tmp_path / "llama"), "--task-file", str(stream), "--method", "jumplora+ella",
                  "--output", str(tmp_path / "out"), "--batch-size", "8", "--ella-lambda-search", "true",
                  "--ella-lambda-grid", "1,1000", "--save-model", "false"]) == 0
-    results = json.loads((tmp_path / "out" / "jumplora+ella" / "seed0" / "results.json").read_text())
+    results = read_run(tmp_path / "out" / "jumplora+ella" / "seed0")
     assert len(results["chosen_lambda"]) == 2 and set(results["chosen_lambda"]) <= {1.0, 1000.0}
     for task, chosen in zip(["sport", "mood"], results["chosen_lambda"]):
         scores = results["lambda_search"][task]
@@ -145,7 +224,7 @@ def test_hub_tasks_go_through_the_datasets_library(tmp_path, monkeypatch):
     assert main(["run", "--model", str(tmp_path / "llama"), "--task-file", str(folder / "hub.yaml"),
                  "--method", "inclora", "--output", str(tmp_path / "out"), "--batch-size", "8",
                  "--save-model", "false"]) == 0
-    results = json.loads((tmp_path / "out" / "inclora" / "seed0" / "results.json").read_text())
+    results = read_run(tmp_path / "out" / "inclora" / "seed0")
     assert results["tasks"] == ["sport", "mood"] and results["finished_tasks"] == 2
     assert results["dropped"]["sport"]["test"] == 0
 
@@ -187,7 +266,7 @@ def test_bf16_base_trains_fp32_adapters_on_bf16_weights(make, stream, tmp_path):
                  "--output", str(tmp_path / "out"), "--batch-size", "8", "--learning-rate", "5e-3",
                  "--ella-lambda", "100", "--precision", "bf16-base"]) == 0
     out = tmp_path / "out" / "jumplora+ella" / "seed0"
-    results = json.loads((out / "results.json").read_text())
+    results = read_run(out)
     assert results["finished_tasks"] == 2 and all(0 <= v <= 100 for v in results["accuracy_matrix"][1])
     final = load_file(out / "model" / "model.safetensors")
     assert {v.dtype for v in final.values()} == {torch.bfloat16}

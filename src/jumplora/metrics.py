@@ -58,6 +58,22 @@ def forward_transfer(accuracy_matrix, single_task: Sequence[float] | None) -> fl
     return float((np.diag(a) - s).mean())
 
 
+def run_metrics(accuracy_matrix, finished: int, single_task: Sequence[float] | None = None) -> dict[str, float | None]:
+    """OA, BWT and FWT of a run over the first ``finished`` tasks of its T x T accuracy matrix.
+
+    The runner (after each task) and the report (over the saved matrix) both call this, so the numbers
+    in results.json and in the report's tables are the same. A stopped run is measured on the block of
+    the tasks it finished. Joint training (mtl) fills only the last row: its OA is that row's mean and
+    BWT, FWT are None (they need the diagonal). ``single_task`` (one accuracy per task of the stream,
+    or None) gives FWT.
+    """
+    a = np.asarray(accuracy_matrix, dtype=float)[:finished, :finished]
+    if np.isnan(a[np.tril_indices(finished)]).any():
+        return {"oa": float(np.mean(a[-1])), "bwt": None, "fwt": None}
+    single = None if single_task is None else single_task[:finished]
+    return {"oa": overall_accuracy(a), "bwt": backward_transfer(a), "fwt": forward_transfer(a, single)}
+
+
 def accuracy_matrix_to_json(accuracy_matrix) -> list[list[float | None]]:
     """Nested lists, row t = after training task t, with None where the matrix has NaN (not valid JSON)."""
     a = np.asarray(accuracy_matrix, dtype=float)

@@ -202,7 +202,9 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
         results["losses"][label] = info["losses"]
         results["timing"]["tasks"][label] = {"train_s": round(info["seconds"], 3), "eval_s": round(eval_seconds, 3),
                                             "steps": info["steps"]}
-        _fill_metrics(results, accuracy, single_task)
+        results["accuracy_matrix"] = metrics.accuracy_matrix_to_json(accuracy)
+        results["metrics"] = metrics.run_metrics(accuracy, t + 1, single_task)
+        results["single_task_accuracy"] = single_task
         results["timing"]["total_s"] = round(time.perf_counter() - started, 3)
         results["finished_tasks"] = t + 1
         if main:
@@ -371,23 +373,6 @@ def _record_sparsity(results, label, update, thresholds, masks) -> None:
     # Entry t of metrics.mean_jaccard_with_previous: the mean over layers of (1/t)·Σ_{s<t} J(t, s).
     last = [float(np.mean(matrix[-1][:-1])) for matrix in per_layer.values()] if len(masks) > 1 else None
     results["jaccard"]["mean_with_previous"].append(None if last is None else float(np.mean(last)))
-
-
-def _fill_metrics(results, accuracy, single_task) -> None:
-    T = accuracy.shape[0]
-    results["accuracy_matrix"] = metrics.accuracy_matrix_to_json(accuracy)
-    rows = [r for r in range(T) if not np.isnan(accuracy[r, 0])]
-    last = accuracy[rows[-1]]
-    square = accuracy[: rows[-1] + 1, : rows[-1] + 1]
-    complete = len(rows) == rows[-1] + 1  # sequential methods; mtl fills only the last row
-    results["metrics"] = {
-        "oa": float(np.nanmean(last)),
-        "bwt": metrics.backward_transfer(square) if complete else None,
-        "fwt": metrics.forward_transfer(square, single_task[: rows[-1] + 1]) if complete and single_task else None,
-    }
-    results["single_task_accuracy"] = single_task
-
-
 
 
 def summary_table(all_results: list[dict]) -> str:

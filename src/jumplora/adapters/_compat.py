@@ -34,7 +34,8 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 
 # `encoder.block.3.layer.0.SelfAttention.q` -> `encoder.block.3`; `model.layers.5.self_attn.q_proj`
 # -> `model.layers.5`; `encoder.layer.2.attention.self.query` -> `encoder.layer.2`; `transformer.h.1...`
-_BLOCK = re.compile(r"^(.*?(?:^|\.)(?:block|blocks|layers|layer|h)\.\d+)(?:\.|$)")
+# The first match: T5's block, not the sub-layer inside it. Group 2 is the block index.
+_BLOCK = re.compile(r"^(.*?(?:^|\.)(?:block|blocks|layers|layer|h)\.(\d+))(?:\.|$)")
 
 
 def default_targets(model: nn.Module) -> tuple[str, ...] | None:
@@ -71,3 +72,9 @@ def block_of(module_name: str) -> str:
     """The transformer block a module belongs to (the module's own name when it is in none)."""
     match = _BLOCK.match(module_name)
     return match.group(1) if match else module_name
+
+
+def block_index(module_name: str) -> int | None:
+    """The index of that block (0 = nearest the input), or None for a module in no block."""
+    match = _BLOCK.match(module_name)
+    return int(match.group(2)) if match else None

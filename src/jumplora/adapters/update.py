@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from jumplora import metrics
 from jumplora.adapters import _compat
 from jumplora.errors import JumploraError
 
@@ -57,8 +58,8 @@ class TaskUpdate:
         return {name: delta != 0 for name, delta in self.deltas.items()}
 
     def sparsity(self) -> dict[str, float]:
-        """Per layer, the fraction of entries that are exactly zero."""
-        return {name: float((delta == 0).float().mean()) for name, delta in self.deltas.items()}
+        """Per layer, the fraction of entries that are exactly zero (:func:`jumplora.metrics.sparsity`)."""
+        return {name: metrics.sparsity(delta) for name, delta in self.deltas.items()}
 
     @torch.no_grad()
     def apply(self, model: nn.Module, sign: float = 1.0) -> None:

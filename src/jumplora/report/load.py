@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jumplora.config import RunConfig
 from jumplora.data.benchmark import benchmark_of_order
 from jumplora.errors import JumploraError
 from jumplora.metrics import accuracy_matrix_from_json
@@ -22,7 +23,9 @@ from jumplora.data.stream import DEFAULT_ORDER
 
 RESULTS = "results.json"
 SKIPPED_FOLDER = "single_task"  # FWT baselines: one task each, not a stream
-VARIANT_DEFAULTS = {"threshold_mode": "global", "ella_delta": "sparse"}
+# The JumpLoRA settings a method label names when they differ from a run's defaults (also what a
+# results.json without them ran with): RunConfig's own defaults, so the two cannot drift apart.
+VARIANT_DEFAULTS = {key: getattr(RunConfig, key) for key in ("threshold_mode", "ella_delta")}
 
 
 @dataclass(frozen=True)

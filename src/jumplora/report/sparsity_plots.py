@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 from matplotlib.lines import Line2D
 
+from jumplora.adapters._compat import block_index
 from jumplora.report.document import Figure, Paragraph
 from jumplora.report.load import Run
 from jumplora.report.style import by_method, legend_below, nan_mean, new_figure, save
 
-# The block index in a module name, first match: encoder.layer.3 (BERT), encoder.block.3.layer.0 (T5:
-# the block, not the sub-layer), model.layers.3 (Llama), transformer.h.3 (GPT-2).
-BLOCK_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|block|h)\.(\d+)(?:\.|$)")
 PROJECTIONS = {"q": "q", "q_proj": "q", "query": "q", "k": "k", "k_proj": "k", "key": "k",
                "v": "v", "v_proj": "v", "value": "v"}
 LINE_STYLES = ("-", "--", ":", "-.")  # one per projection
@@ -58,13 +55,16 @@ def _overlaps(run: Run) -> list:
 
 def layer_position(name: str) -> tuple[str, str, int] | None:
     """(stack, projection, block index) of an adapted module, e.g.
-    "encoder.block.3.layer.0.SelfAttention.q" -> ("encoder", "q", 3); None without a block index."""
-    match = BLOCK_INDEX.search(name)
-    if match is None:
+    "encoder.block.3.layer.0.SelfAttention.q" -> ("encoder", "q", 3); None without a block index.
+
+    The block is the one per-block thresholds group by (adapters._compat), so the figure and τ agree.
+    """
+    depth = block_index(name)
+    if depth is None:
         return None
     parts = name.split(".")
     stack = next((part for part in ("encoder", "decoder") if part in parts), "")
-    return stack, PROJECTIONS.get(parts[-1].lower(), parts[-1]), int(match.group(1))
+    return stack, PROJECTIONS.get(parts[-1].lower(), parts[-1]), depth
 
 
 def sparsity_depth(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:

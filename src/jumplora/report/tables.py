@@ -11,15 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jumplora.metrics import backward_transfer, forward_transfer, overall_accuracy
+from jumplora import metrics
+from jumplora.adapters.config import ELLA_DELTA_MODES, THRESHOLD_MODES
 from jumplora.report.document import Table
-from jumplora.report.load import Run, Stream
+from jumplora.report.load import VARIANT_DEFAULTS, Run, Stream
 from jumplora.strategies.methods import METHODS
 
 MISSING = "—"
 ABLATION_METHOD = "jumplora+ella"
-THRESHOLD_MODES = ("global", "per_block")
-ELLA_DELTAS = ("sparse", "interpolated")
 
 
 @dataclass(frozen=True)
@@ -46,17 +45,9 @@ def summarize(values: list[float | None]) -> Summary | None:
 
 
 def run_metrics(run: Run) -> dict[str, float | None]:
-    """OA, BWT and FWT (percent) over the tasks the run finished, by :mod:`jumplora.metrics`.
-
-    Joint training (mtl) measures only the last row: its OA is that row's mean, BWT and FWT are None.
-    """
-    f = run.finished
-    a = run.accuracy[:f, :f]
-    if np.isnan(a[np.tril_indices(f)]).any():
-        return {"oa": float(np.mean(a[-1])), "bwt": None, "fwt": None}
-    single = run.results.get("single_task_accuracy")
-    fwt = forward_transfer(a, single[:f] if single else None)
-    return {"oa": overall_accuracy(a), "bwt": backward_transfer(a), "fwt": fwt}
+    """OA, BWT and FWT (percent) over the tasks the run finished, as the runner computes them
+    (:func:`jumplora.metrics.run_metrics`); mtl has only OA."""
+    return metrics.run_metrics(run.accuracy, run.finished, run.results.get("single_task_accuracy"))
 
 
 def group_summaries(runs: list[Run], metric: str, key: Callable[[Run], Hashable]) -> dict[Hashable, Summary]:
@@ -107,13 +98,15 @@ def ablation_table(runs: list[Run]) -> Table | None:
 
     def setting(run: Run) -> tuple[str, str, str]:
         config = run.results.get("config") or {}
-        return suite(run.stream), config.get("threshold_mode", "global"), config.get("ella_delta", "sparse")
+        return (suite(run.stream), config.get("threshold_mode", VARIANT_DEFAULTS["threshold_mode"]),
+                config.get("ella_delta", VARIANT_DEFAULTS["ella_delta"]))
 
     cells = {metric: group_summaries(ablation, metric, setting) for metric in ("oa", "bwt")}
     suites = dict.fromkeys(setting(run)[0] for run in ablation)
-    rows = [[f"{s}: τ {mode}", *(_cell(cells[metric].get((s, mode, delta))) for metric in cells for delta in ELLA_DELTAS)]
+    rows = [[f"{s}: τ {mode}", *(_cell(cells[metric].get((s, mode, delta)))
+                                 for metric in cells for delta in ELLA_DELTA_MODES)]
             for s in suites for mode in THRESHOLD_MODES]
-    header = ["Threshold", *(f"{metric.upper()} ({delta} ΔW)" for metric in cells for delta in ELLA_DELTAS)]
+    header = ["Threshold", *(f"{metric.upper()} ({delta} ΔW)" for metric in cells for delta in ELLA_DELTA_MODES)]
     caption = ("jumplora+ella ablation: one τ for the model (global) or one per block (per_block), and the ELLA "
                "penalty on the sparse update ΔW_jump or on ΔW_interp. Mean ± sample std over orders and seeds, %.")
     return Table(header, rows, caption)
