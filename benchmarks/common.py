@@ -27,6 +27,9 @@ TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "models" / "t5-toke
 # t5-large's config.json (relu feed-forward, the T5 1.0 vocabulary); --quick uses the tiny one.
 T5_LARGE = dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_decoder_layers=24, num_heads=16)
 T5_TINY = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
+# T5-large's depth, heads and vocabulary with tiny widths: the same ~20,000 operations per training
+# step as T5-large, each on a few numbers, so a step's time is what the host spends issuing them.
+T5_HOST = dict(d_model=64, d_kv=4, d_ff=128, num_layers=24, num_decoder_layers=24, num_heads=16)
 
 
 def parser(description: str, dtype: bool = True) -> argparse.ArgumentParser:
@@ -52,11 +55,12 @@ def check_device(args: argparse.Namespace) -> torch.device:
     return torch.device(args.device)
 
 
-def t5(quick: bool, device: torch.device):
-    """T5-large (or a tiny T5) with random weights, built on ``device`` from its config, seed 0."""
+def t5(quick: bool, device: torch.device, sizes: dict | None = None):
+    """T5-large (or ``sizes``, or with ``quick`` a tiny T5) with random weights, built on ``device``
+    from its config, seed 0."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    sizes = T5_TINY if quick else T5_LARGE
+    sizes = sizes or (T5_TINY if quick else T5_LARGE)
     config = T5Config(vocab_size=32128, feed_forward_proj="relu", pad_token_id=0, eos_token_id=1,
                       decoder_start_token_id=0, **sizes)
     torch.manual_seed(0)

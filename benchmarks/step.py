@@ -16,8 +16,16 @@ usual research setup, and (b) JumpLoRA at γ = 0.5 with the frozen base stored i
 (model.to(bf16) before AdapterSet, adapters then fp32), no autocast; ratio_vs_peft_autocast is
 (b)/(a).
 
-``--compile`` adds row (c): (b) with the whole model wrapped in ``torch.compile`` (Python and launch
-overhead of the frozen base removed where the compiler manages; the first warm-up steps compile).
+``--compile`` adds two rows with the whole model wrapped in ``torch.compile`` (inductor; what
+``jumplora run --compile`` does), which removes the Python and launch overhead of the ~20,000
+operations of an eager step (the first warm-up step compiles): ``jumplora γ=0.5, torch.compile``
+(fp32, against PEFT LoRA) and (c), which is (b) compiled (against (a)).
+
+``--host-bound`` keeps T5-large's depth, heads and vocabulary but shrinks the widths (d_model 64)
+and the batch (2 × 16 + 8 tokens): every operation of a step is still issued, each on a few
+numbers, so the time of a step is the host's (Python, dispatch, launches). This is the part that
+bounds a bf16 step on an H100 (144 ms of kernels in a 460 ms step) and it can be measured on a CPU.
+Run it with ``--threads 1``; on a CPU compare fp32 rows (bf16 is emulated there).
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ CONFIGURATIONS = [
 ]
 
 
-def build(quick: bool, device: torch.device, adapter: str, gamma: float | None, bf16_base: bool):
+def build(quick: bool, device: torch.device, adapter: str, gamma: float | None, bf16_base: bool,
+          sizes: dict | None = None):
     """A fresh T5 (seed 0) with its adapters; returns the model and its trainable parameters."""
-    model = common.t5(quick, device).train()
+    model = common.t5(quick, device, sizes).train()
     if adapter == "peft":
         lora = peft.LoraConfig(r=8, lora_alpha=32, target_modules=["q", "v"], lora_dropout=0.0)
         model = peft.get_peft_model(model, lora)
@@ -81,22 +90,25 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0], dtype=False)
     p.add_argument("--iters", type=int, default=20, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--compile", action="store_true", help="add row (c): (b) under torch.compile(model)")
+    p.add_argument("--compile", action="store_true", help="add the rows under torch.compile(model)")
+    p.add_argument("--host-bound", action="store_true", help="T5-large's depth with tiny widths: the host's time per step")
     args = p.parse_args()
     device = common.check_device(args)
-    batch_size, source, target = (4, 64, 8) if args.quick else (32, 256, 8)
+    sizes = common.T5_HOST if args.host_bound else common.T5_TINY if args.quick else common.T5_LARGE
+    batch_size, source, target = (2, 16, 8) if args.host_bound else (4, 64, 8) if args.quick else (32, 256, 8)
     iters, warmup = (3, 1) if args.quick else (args.iters, args.warmup)
     batch = random_batch(32128, batch_size, source, target, device)
 
-    rows = [common.metadata(device, "fp32 (rows (a), (b): see name)", t5=common.T5_TINY if args.quick else common.T5_LARGE, batch=batch_size,
-                            source_tokens=source, target_tokens=target, iters=iters, warmup=warmup)]
+    rows = [common.metadata(device, "fp32 (rows (a), (b), (c): see name)", t5=sizes, host_bound=args.host_bound,
+                            batch=batch_size, source_tokens=source, target_tokens=target, iters=iters, warmup=warmup)]
     configurations = [(*c, False) for c in CONFIGURATIONS]
     if args.compile:
-        configurations.append(("(c) jumplora γ=0.5, bf16 base, torch.compile", "jumplora", 0.5, True, False, True))
+        configurations += [("jumplora γ=0.5, torch.compile", "jumplora", 0.5, False, False, True),
+                           ("(c) jumplora γ=0.5, bf16 base, torch.compile", "jumplora", 0.5, True, False, True)]
     for name, adapter, gamma, bf16_base, autocast, compiled in configurations:
         common.free_memory(device)
         with common.peak_memory(device) as peak:
-            model, params = build(args.quick, device, adapter, gamma, bf16_base)
+            model, params = build(args.quick, device, adapter, gamma, bf16_base, sizes)
             if compiled:
                 model = torch.compile(model)
             optimizer = torch.optim.AdamW(params, lr=1e-3)

@@ -1,7 +1,8 @@
 """One rank of the data-parallel test: run a stream through the real runner, dump the merged weights.
 
 Started by tests/test_distributed.py under `torch.distributed.run` (2 CPU processes, gloo), and once
-as a single process for the reference. Arguments: MODEL_DIR TASK_FILE OUTPUT BATCH_SIZE METHOD.
+as a single process for the reference. Arguments: MODEL_DIR TASK_FILE OUTPUT BATCH_SIZE METHOD
+[COMPILE_BACKEND].
 Also writes each task's test accuracy of the final model, evaluated sharded over the processes and
 whole on this process, to rank<i>-of-<n>.json.
 """
@@ -20,9 +21,10 @@ from jumplora.runner import evaluate, run_stream
 from jumplora.train import make_accelerator
 
 model_dir, task_file, output, batch_size, method = sys.argv[1:6]
+backend = sys.argv[6] if len(sys.argv) > 6 else None
 config = load_config(overrides={"model": model_dir, "task_file": task_file, "output": output, "methods": [method],
                                 "batch_size": int(batch_size), "learning_rate": 5e-3, "save_model": False,
-                                "lora_dropout": 0.0})
+                                "lora_dropout": 0.0, "compile": backend})
 accelerator = make_accelerator("cpu", "fp32")
 tasks = resolve_stream(config)
 _, model = run_stream(config, method, 0, tasks, accelerator, log=lambda *_: None)

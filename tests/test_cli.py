@@ -42,6 +42,7 @@ CASES = {
     "task entry without path or hub": (["--task-file", "{nopath}"], "one of path (a file) or hub"),
     "demo with order": (["--benchmark", "demo", "--order", "1"], "demo benchmark has one fixed stream"),
     "unknown precision": (["--precision", "fp8"], "unknown precision 'fp8'"),
+    "unknown compile backend": (["--compile", "fastest"], "unknown torch.compile backend 'fastest'"),
     "bf16 weights for full fine-tuning": (["--precision", "bf16-base", "--method", "inclora", "--method", "seqft"],
                                           "seqft trains them all"),
     "target matching nothing": (["--targets", "nothing", "--task-file", "{tasks}", "--model", "{model}"],

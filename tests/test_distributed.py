@@ -32,8 +32,10 @@ def launch(nproc, args, port=None):
 TOLERANCE = {"inclora": 1e-3, "jumplora+ella": 0.15}
 
 
-@pytest.mark.parametrize("method, port", [("inclora", 29517), ("jumplora+ella", 29518)])
-def test_two_processes_match_one_and_each_other(tmp_path, method, port):
+# The last case compiles the DDP-wrapped model (--compile, aot_eager backend: see test_compile.py).
+@pytest.mark.parametrize("method, port, backend", [("inclora", 29517, None), ("jumplora+ella", 29518, None),
+                                                   ("jumplora+ella", 29519, "aot_eager")])
+def test_two_processes_match_one_and_each_other(tmp_path, method, port, backend):
     model, tokenizer = minilm()
     # Dropout draws different masks in 2 processes than in 1: off, so the runs can match.
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
@@ -41,7 +43,8 @@ def test_two_processes_match_one_and_each_other(tmp_path, method, port):
     args = [str(tmp_path / "model"), str(write_stream(tmp_path))]
     (tmp_path / "two").mkdir()
     (tmp_path / "one").mkdir()
-    launch(2, [*args, str(tmp_path / "two"), "8", method], port)  # 4 examples per rank and step
+    compiled = [backend] if backend else []
+    launch(2, [*args, str(tmp_path / "two"), "8", method, *compiled], port)  # 4 examples per rank and step
     launch(1, [*args, str(tmp_path / "one"), "8", method])
     rank0 = load_file(tmp_path / "two" / "rank0-of-2.safetensors")
     rank1 = load_file(tmp_path / "two" / "rank1-of-2.safetensors")

@@ -72,6 +72,10 @@ class RunConfig:
     # fp32 | bf16 | fp16 (autocast; adapters stay fp32) | bf16-base: the frozen weights are stored in
     # bf16 (half the memory, bf16 matmuls without autocast's casts), adapters and optimiser state fp32
     precision: str = "fp32"
+    # torch.compile the model for training with this backend (flag alone: inductor). Off by default:
+    # it pays where the step is bound by Python and kernel launches (GPUs), after a compile that
+    # takes minutes on a CPU (benchmarks/step.py --host-bound).
+    compile: str | bool | None = None  # true = inductor
     trust_remote_code: bool = False
     # Tracking: nothing is started unless asked
     log_with: list[str] | None = None  # tensorboard and/or wandb
@@ -136,6 +140,10 @@ class RunConfig:
                 f"precision bf16-base stores the weights in bf16, but {', '.join(full)} trains them all: "
                 "use --precision bf16 (autocast) for it, or an adapter method"
             )
+        if isinstance(self.compile, bool):  # `compile: true` in a YAML file
+            self.compile = "inductor" if self.compile else None
+        if self.compile is not None:
+            _check_compile_backend(self.compile)
         if self.causal_mode not in ("generate", "rank"):
             raise JumploraError(f"unknown causal_mode {self.causal_mode!r}: use generate or rank")
         self.adapter_config("jumplora")  # the adapter settings are checked where they are defined
@@ -150,6 +158,15 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_compile_backend(backend: str) -> None:
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())  # with the debugging ones (aot_eager, eager)
+    if backend not in known:
+        raise JumploraError(f"unknown torch.compile backend {backend!r}: use one of {', '.join(known)} "
+                            "(--compile alone picks inductor)")
 
 
 PRESETS: dict[str, dict] = {

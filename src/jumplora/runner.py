@@ -78,6 +78,9 @@ def run(config: RunConfig, log=print, resume: bool = False) -> list[dict]:
         # Measured: the demo's training steps ran ~30x slower in bf16-base than in fp32 on an AVX2 CPU.
         log(f"note: precision {config.precision} on a CPU is usually much slower than fp32 (no bf16/fp16 "
             "matrix units); it is meant for GPUs")
+    if accelerator.device.type == "cpu" and config.compile:
+        log(f"note: --compile {config.compile} on a CPU spends minutes compiling before the first step; "
+            "it is meant for GPUs, where an eager step waits on Python")
     for task in tasks:
         if any(task.dropped.values()):
             log(f"  {task.name}: dropped {task.dropped} records whose label is not one of {list(task.labels)}")

@@ -63,17 +63,34 @@ class AdaptedLinear(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if self.kind == "lora" and config.dropout > 0 else nn.Identity()
         # Not registered as a submodule: a group is shared by many layers and owned by the AdapterSet.
         self.__dict__["threshold"] = threshold
-        self.gamma = 0.0
+        # γ as the forward reads it: a 0-dim tensor changed in place and a flag for the path. A
+        # compiled model (--compile) then sees the γ of every step as the same input, and is
+        # rebuilt only when the flag flips (at S_start), not at every step. Not a buffer: DDP would
+        # broadcast it before every forward, and state_dict would carry it.
+        self._gamma = 0.0
+        self._gate_on = False
+        self.__dict__["_gamma_value"] = self.lora_A.new_zeros(())
         self.train(base_layer.training)  # a model in eval mode must not start dropping out
 
+    @property
+    def gamma(self) -> float:
+        """The interpolation weight γ of the current step (set by AdapterSet.set_step)."""
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        value = float(value)
+        if value != self._gamma:
+            self._gamma, self._gate_on = value, value != 0.0
+            # fill_ on the device: no host-to-device copy, which would wait for the queued work.
+            self.__dict__["_gamma_value"].fill_(value)
+
     def _gamma_tensor(self) -> torch.Tensor:
-        # One small tensor per change of γ, not one per forward.
-        cached = self.__dict__.get("_gamma_cache")
-        if cached is None or cached[0] != self.gamma or cached[1].device != self.lora_A.device:
-            # new_full fills on the device: no host-to-device copy, which would wait for the queued work.
-            cached = (self.gamma, self.lora_A.new_full((), self.gamma))
-            self.__dict__["_gamma_cache"] = cached
-        return cached[1]
+        tensor = self.__dict__["_gamma_value"]
+        if tensor.device != self.lora_A.device or tensor.dtype != self.lora_A.dtype:  # the model was moved
+            tensor = self.lora_A.new_full((), self._gamma)
+            self.__dict__["_gamma_value"] = tensor
+        return tensor
 
     def delta(self) -> torch.Tensor:
         """ΔW = B·A, (d_out, d_in), unscaled."""
@@ -85,9 +102,9 @@ class AdaptedLinear(nn.Module):
 
     def interpolated_delta(self) -> torch.Tensor:
         """ΔW_interp = (1−γ)·ΔW + γ·ΔW_jump (= ΔW for plain LoRA or γ = 0)."""
-        if self.kind == "lora" or self.gamma == 0.0:
+        if self.kind == "lora" or not self._gate_on:
             return self.delta()
-        return torch.lerp(self.delta(), self.jumped_delta(), self.gamma)
+        return torch.lerp(self.delta(), self.jumped_delta(), self._gamma_tensor())
 
     def final_delta(self) -> torch.Tensor:
         """The update merged at the end of the task, β·ΔW_final, (d_out, d_in), no gradient."""
@@ -98,7 +115,7 @@ class AdaptedLinear(nn.Module):
             return delta * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "lora" or self.gamma == 0.0:
+        if self.kind == "lora" or not self._gate_on:
             # The low-rank path: what plain LoRA costs, no d_out×d_in matrix.
             low_rank = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
             return self.base_layer(x) + (self.scaling * low_rank).to(x.dtype)
@@ -131,21 +148,35 @@ def fold_weight(weight, delta, threshold, scaling: float, gamma):
     return interpolated_update(delta, threshold, scaling, gamma).to(weight.dtype) + weight
 
 
-def adapter_gradients(grad_weight, delta, lora_A, lora_B, threshold, scaling: float, gamma, bandwidth: float, mean: bool):
+def adapter_gradients(grad_weight, delta, lora_A, lora_B, threshold, scaling: float, gamma, bandwidth: float, mean: bool,
+                      factor=None):
     """∂L/∂A, ∂L/∂B, ∂L/∂τ from G = ∂L/∂(β·ΔW_interp), here the weight gradient (module docstring).
 
-    ``delta`` is ΔW = B·A, computed once by the caller. The kernel terms of Eq. 2 are written
-    |ΔW ± τ| < ε/2, the same set as −½ < (∓ΔW − τ)/ε < ½ without the divisions; both halves are
-    kept, as they overlap when τ < ε/2. Works on stacks like :func:`interpolated_update`; ∂L/∂τ
-    then has one entry per layer, (L, 1, 1).
+    ``delta`` is ΔW = B·A, computed once by the caller, and ``factor`` its :func:`gate_factor` if
+    the caller has it. The kernel terms of Eq. 2 are written |ΔW ± τ| < ε/2, the same set as
+    −½ < (∓ΔW − τ)/ε < ½ without the divisions; both halves are kept, as they overlap when
+    τ < ε/2. Works on stacks like :func:`interpolated_update`; ∂L/∂τ then has one entry per
+    layer, (L, 1, 1).
     """
     half = bandwidth / 2
     band = ((delta + threshold).abs() < half).to(delta.dtype) - ((delta - threshold).abs() < half).to(delta.dtype)
     grad_tau = (grad_weight * band).sum((-2, -1), keepdim=True) * (scaling * gamma * threshold / bandwidth)
     if mean:
         grad_tau = grad_tau / (delta.shape[-2] * delta.shape[-1])
-    grad_delta = grad_weight * gate_factor(delta, threshold, scaling, gamma)
+    if factor is None:
+        factor = gate_factor(delta, threshold, scaling, gamma)
+    grad_delta = grad_weight * factor
     return lora_B.mT @ grad_delta, grad_delta @ lora_A.mT, grad_tau
+
+
+def folded_backward(weight, grad_weight, delta, lora_A, lora_B, threshold, scaling: float, gamma, bandwidth: float,
+                    mean: bool):
+    """The elementwise work of the layer's backward in one function (one compiled call on CUDA):
+    W + β·ΔW_interp for the input gradient, and the adapter gradients, sharing the gate factor."""
+    factor = gate_factor(delta, threshold, scaling, gamma)
+    folded = (delta * factor).to(weight.dtype) + weight
+    return folded, *adapter_gradients(grad_weight, delta, lora_A, lora_B, threshold, scaling, gamma, bandwidth, mean,
+                                      factor)
 
 
 class _Kernels:
@@ -160,7 +191,8 @@ class _Kernels:
         self.failed = False
 
     def call(self, fn, device: torch.device, *args):
-        if device.type != "cuda" or self.failed:
+        # Inside a compiled model (--compile) the plain code is traced into the model's own graph.
+        if device.type != "cuda" or self.failed or torch.compiler.is_compiling():
             return fn(*args)
         if fn in self.working:  # errors from here on are the run's own (out of memory...), not the compiler's
             return self.compiled[fn](*args)
@@ -202,20 +234,23 @@ class _FoldedJumpLinear(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_out = grad_out.to(x.dtype)  # under autocast the output was computed in a lower precision
         grad_x = grad_w = grad_b = grad_A = grad_B = grad_tau = None
-        delta = lora_B @ lora_A  # once for both uses below
-        if needs[0]:
-            grad_x = grad_out @ KERNELS.call(fold_weight, x.device, weight, delta, threshold, scaling, gamma)
+        delta = lora_B @ lora_A  # once for every use below
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         if needs[2]:
             grad_b = g2.sum(0)
+        folded = None
         if needs[1] or any(needs[3:6]):
             # The one extra matmul over the tokens: the weight gradient G = gᵀ·x.
             grad_weight = (g2.t() @ x.reshape(-1, x.shape[-1])).to(lora_A.dtype)
             if needs[1]:
                 grad_w = grad_weight.to(weight.dtype, copy=True)
             if any(needs[3:6]):
-                grad_A, grad_B, grad_tau = KERNELS.call(
-                    adapter_gradients, x.device, grad_weight, delta, lora_A, lora_B, threshold, scaling, gamma,
+                folded, grad_A, grad_B, grad_tau = KERNELS.call(
+                    folded_backward, x.device, weight, grad_weight, delta, lora_A, lora_B, threshold, scaling, gamma,
                     bandwidth, reduction == "mean")
                 grad_tau = grad_tau.reshape(threshold.shape)
+        if needs[0]:
+            if folded is None:
+                folded = KERNELS.call(fold_weight, x.device, weight, delta, threshold, scaling, gamma)
+            grad_x = grad_out @ folded
         return grad_x, grad_w, grad_b, grad_A, grad_B, grad_tau, None, None, None, None
