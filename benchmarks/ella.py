@@ -1,4 +1,4 @@
-"""ELLA's penalty, forward + backward: EllaPenalty (stacked by shape) vs one layer at a time.
+"""ELLA's (and O-LoRA's) penalty, forward + backward: stacked by shape vs one layer at a time.
 
     python benchmarks/ella.py --device cuda --json ella-gpu.json
     python benchmarks/ella.py --device cpu --threads 1 --json ella-cpu.json
@@ -17,7 +17,10 @@ the product with its W_past: what jumplora 0.1 did), the baseline of ``ratio_vs_
 is ``EllaPenalty`` (one batched product per shape of layer, hand-written backward).
 Each in two settings: plain LoRA (``ella``) and JumpLoRA's sparse mode after S_start (γ = 0.5, the
 gate and its threshold gradient live; ``jumplora+ella``). The script first checks that the two give
-the same penalty and gradients. Median of --iters after --warmup calls. ``saved_mib``: what
+the same penalty and gradients. With ``--olora-tasks N`` (default 14) also O-LoRA's
+λ₁ Σ_layers Σ_{i<t} ‖A_i·A_tᵀ‖²: ``loop`` one layer and past task at a time, ``stacked`` the
+strategy's penalty (each layer's past A concatenated, layers of a shape stacked).
+Median of --iters after --warmup calls. ``saved_mib``: what
 autograd keeps from the forward for the backward (W_past included), the memory the penalty holds
 through a training step's backward. ``ops``: operations dispatched to kernels by one forward +
 backward, about one kernel launch each on a GPU, where the loop's count makes it host-bound.
@@ -110,11 +113,65 @@ def count_ops(fn) -> int:
     return Counter.calls
 
 
+def olora_strategy(model_name: str, quick: bool, device: torch.device, past_tasks: int):
+    """O-LoRA's strategy on the model's adapters, with ``past_tasks`` random earlier A per layer."""
+    from jumplora.config import RunConfig
+    from jumplora.strategies.methods import make_strategy, parse_method
+
+    adapters, _ = build(model_name, quick, device, "lora")
+    config = RunConfig(methods=["olora"], r=8, alpha=32.0, olora_lambda=0.5)
+    strategy = make_strategy(parse_method("olora"), adapters.model, config, num_tasks=past_tasks + 1)
+    strategy.adapters, strategy.index = adapters, past_tasks
+    generator = torch.Generator(device).manual_seed(1)
+    strategy.past_A = {name: [torch.randn(layer.lora_A.shape, device=device, generator=generator) * 0.1
+                              for _ in range(past_tasks)] for name, layer in adapters.layers.items()}
+    return strategy
+
+
+def olora_loop(strategy) -> torch.Tensor:
+    """λ₁ Σ_layers Σ_{i<t} ‖A_i·A_tᵀ‖²_F one layer and past task at a time (jumplora 0.1)."""
+    return strategy.config.olora_lambda * sum(
+        (past @ layer.lora_A.t()).square().sum()
+        for name, layer in strategy.adapters.layers.items() for past in strategy.past_A[name])
+
+
+def compare(label: str, ways: dict, adapters: AdapterSet, gamma, device, iters: int, warmup: int, profile) -> list[dict]:
+    """Check that the ways give the same value and gradients, then time each (the first is the baseline)."""
+    params = adapters.parameters()
+    results = {}
+    for way, penalty in ways.items():
+        value = penalty()
+        results[way] = (value.detach(), torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
+    (first, first_grads), (other, other_grads) = results.values()
+    torch.testing.assert_close(other, first, rtol=1e-5, atol=0)
+    for mine, theirs in zip(other_grads, first_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
+    del results
+    rows, baseline = [], None
+    for way, penalty in ways.items():
+        def step():
+            torch.autograd.grad(penalty(), params, allow_unused=True)
+
+        common.free_memory(device)
+        with common.peak_memory(device) as peak:
+            ms = common.median(common.time_ms(step, device, iters, warmup))
+        baseline = baseline or ms
+        name = f"{label}: {way}"
+        rows.append({"name": name, "layers": len(adapters.layers), "gamma": gamma, "ms": round(ms, 3),
+                     "ratio_vs_loop": round(ms / baseline, 3), "peak_mib": peak["mib"],
+                     "saved_mib": saved_mib(penalty), "ops": count_ops(step)})
+        if profile and profile in name:
+            common.profile(name, step, device)
+    return rows
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], dtype=False)
     p.add_argument("--iters", type=int, help="timed calls (default 100 on CUDA, 10 on the CPU)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default 20 on CUDA, 3 on the CPU)")
     p.add_argument("--models", default="minilm,t5-large", help="comma-separated: minilm, t5-large")
+    p.add_argument("--olora-tasks", type=int, default=14, help="also O-LoRA's penalty with this many earlier "
+                   "tasks' A per layer (default 14: the last task of a 15-task stream; 0: skip)")
     p.add_argument("--stack-entries", type=int, help="override the library's cap on entries per stack "
                    f"(CPU {ella_module.CPU_STACK_ENTRIES}, GPU {ella_module.DEVICE_STACK_ENTRIES}), e.g. to count "
                    "on the CPU the operations of the GPU layout")
@@ -135,34 +192,16 @@ def main() -> None:
     for model_name in models:
         for kind, setting in (("lora", "ella (lora)"), ("jumplora", "jumplora+ella sparse, γ=0.5")):
             adapters, ella = build(model_name, args.quick, device, kind)
-            params = adapters.parameters()
             ways = {"loop": lambda: loop_penalty(adapters, ella, LAMBDA), "stacked": lambda: ella(adapters, LAMBDA)}
-            # The same numbers first: value and every gradient.
-            results = {}
-            for way, penalty in ways.items():
-                value = penalty()
-                results[way] = (value.detach(), torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
-            torch.testing.assert_close(results["stacked"][0], results["loop"][0], rtol=1e-5, atol=0)
-            for mine, theirs in zip(results["stacked"][1], results["loop"][1]):
-                torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
-            del results
-            baseline = None
-            for way, penalty in ways.items():
-                def step():
-                    torch.autograd.grad(penalty(), params, allow_unused=True)
-
-                common.free_memory(device)
-                with common.peak_memory(device) as peak:
-                    ms = common.median(common.time_ms(step, device, iters, warmup))
-                baseline = baseline or ms
-                name = f"{model_name} {setting}: {way}"
-                rows.append({"name": name, "model": model_name, "layers": len(adapters.layers),
-                             "gamma": 0.5 if kind == "jumplora" else None, "ms": round(ms, 3),
-                             "ratio_vs_loop": round(ms / baseline, 3), "peak_mib": peak["mib"],
-                             "saved_mib": saved_mib(penalty), "ops": count_ops(step)})
-                if args.profile and args.profile in name:
-                    common.profile(name, step, device)
+            rows += compare(f"{model_name} {setting}", ways, adapters, 0.5 if kind == "jumplora" else None,
+                            device, iters, warmup, args.profile)
             del adapters, ella
+        if args.olora_tasks:
+            strategy = olora_strategy(model_name, args.quick, device, args.olora_tasks)
+            ways = {"loop": lambda: olora_loop(strategy), "stacked": strategy.penalty}
+            rows += compare(f"{model_name} olora, {args.olora_tasks} past tasks", ways, strategy.adapters, None,
+                            device, iters, warmup, args.profile)
+            del strategy
     common.report(rows, ["name", "layers", "ms", "ratio_vs_loop", "peak_mib", "saved_mib", "ops"], args.json)
 
 

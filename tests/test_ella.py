@@ -142,3 +142,42 @@ def test_stacked_penalty_equals_the_per_layer_formula(mode, threshold_mode, stac
     for members, *_ in stacks:
         stack = ella.stacked_past(members)
         assert all(ella.past[n].data_ptr() == stack[i].data_ptr() for i, n in enumerate(members))
+
+
+def test_olora_stacked_penalty_equals_the_per_layer_per_task_formula():
+    """O-LoRA's λ₁ Σ_layers Σ_{i<t} ‖A_i·A_tᵀ‖²_F, stacked by shape of layer, against the plain sum."""
+    from _models import tiny_llama
+
+    from jumplora.config import RunConfig
+    from jumplora.strategies.methods import make_strategy, parse_method
+
+    model, _ = tiny_llama()
+    model = model.double()  # q_proj 32×32 and v_proj 16×32: two stacks
+    config = RunConfig(methods=["olora"], r=4, alpha=8.0, targets=["q_proj", "v_proj"], olora_lambda=0.7)
+    strategy = make_strategy(parse_method("olora"), model, config, num_tasks=3)
+    generator = torch.Generator().manual_seed(0)
+    for task in range(3):
+        strategy.start_task(task, 10)
+        with torch.no_grad():
+            for layer in strategy.adapters.layers.values():
+                layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=generator, dtype=torch.float64))
+        if task < 2:
+            assert task > 0 or strategy.penalty() is None  # nothing in the past yet
+            strategy.end_task()
+    layers = strategy.adapters.layers
+    assert len({layer.lora_A.shape for layer in layers.values()}) == 1 and len(strategy.past_A) == len(layers) == 4
+    ours = strategy.penalty()
+    reference = 0.7 * sum((past @ layer.lora_A.t()).square().sum()
+                          for name, layer in layers.items() for past in strategy.past_A[name])
+    assert len(next(iter(strategy.past_A.values()))) == 2
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0)
+    params = [layer.lora_A for layer in layers.values()]
+    for mine, theirs in zip(torch.autograd.grad(ours, params), torch.autograd.grad(reference, params)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    # A new past task is seen: the stacks are rebuilt after end_task.
+    strategy.end_task()
+    strategy.start_task(3, 10)
+    assert all(len(v) == 3 for v in strategy.past_A.values())
+    assert {tuple(s.shape[1:]) for s in strategy._past_A_stacks.values()} <= {(12, 32)}
+    strategy.penalty()
+    assert {tuple(s.shape[1:]) for s in strategy._past_A_stacks.values()} == {(12, 32)}

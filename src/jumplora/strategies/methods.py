@@ -102,6 +102,11 @@ class Strategy:
         """The method's own tensors that a checkpoint must keep (besides the model's weights)."""
         return {}
 
+    def changed_weights(self) -> set[str] | None:
+        """The model's state_dict keys that training may have changed between tasks (None: any);
+        a checkpoint keeps only these, the rest is the base model, reloaded on resume."""
+        return None
+
     def restore(self, tensors: dict[str, torch.Tensor], model_keys: set[str]) -> None:
         """Undo :meth:`state` on a fresh strategy, before the model's weights are loaded."""
 
@@ -115,6 +120,7 @@ class AdapterStrategy(Strategy):
         self.ella = EllaPenalty(config.ella_delta) if spec.base == "ella" else None
         self.ella_lambdas = ella_lambdas
         self.past_A: dict[str, list[torch.Tensor]] = {}  # O-LoRA: every earlier task's A per layer
+        self._past_A_stacks: dict[tuple[str, ...], torch.Tensor] = {}  # built once per task from past_A
 
     def start_task(self, index: int, num_steps: int) -> list[nn.Parameter]:
         self.index = index
@@ -134,19 +140,26 @@ class AdapterStrategy(Strategy):
         if self.ella is not None:
             return self.ella(self.adapters, self.ella_lambdas[min(self.index, len(self.ella_lambdas) - 1)])
         if self.spec.base == "olora" and self.past_A:
-            # λ₁ Σ_layers Σ_{i<t} ‖A_i·A_tᵀ‖²_F
-            total = sum(
-                (past @ layer.lora_A.t()).square().sum()
-                for name, layer in self.adapters.layers.items()
-                for past in self.past_A.get(name, [])
-            )
+            # λ₁ Σ_layers Σ_{i<t} ‖A_i·A_tᵀ‖²_F = λ₁ Σ_layers ‖[A_1; …; A_{t−1}]·A_tᵀ‖²_F, with the
+            # layers of one shape stacked: a few batched kernels per shape at each step, instead of
+            # a few per layer and past task (2,000+ small launches on T5-large by the 15th task).
+            names = [n for n in self.adapters.layers if n in self.past_A]
+            stacks = self.adapters.stacked_factors(names, thresholds=False)
+            total = sum((self.stacked_past_A(members) @ A.mT).square().sum() for members, A, _, _ in stacks)
             return self.config.olora_lambda * total
         return None
+
+    def stacked_past_A(self, names: tuple[str, ...]) -> torch.Tensor:
+        """(L, (t−1)·r, d_in): the earlier tasks' A of each of ``names``, stacked, built once per task."""
+        if names not in self._past_A_stacks:
+            self._past_A_stacks[names] = torch.stack([torch.cat(self.past_A[n]) for n in names])
+        return self._past_A_stacks[names]
 
     def end_task(self, fisher_losses: Iterable[torch.Tensor] = ()) -> TaskUpdate | None:
         if self.spec.base == "seqlora":
             return None
         if self.spec.base == "olora":
+            self._past_A_stacks.clear()
             for name, layer in self.adapters.layers.items():
                 self.past_A.setdefault(name, []).append(layer.lora_A.detach().clone())
         update = self.adapters.merge_and_unload()
@@ -163,6 +176,14 @@ class AdapterStrategy(Strategy):
     def thresholds(self) -> dict[str, float]:
         return self.adapters.thresholds() if self.adapters is not None else {}
 
+    def changed_weights(self) -> set[str] | None:
+        # Between tasks the adapters are merged: only the adapted layers' weights differ from the
+        # base (576 MB of T5-large's 3 GB). seqlora keeps its adapter across tasks: everything.
+        if self.adapters is not None:
+            return None
+        names = AdapterSet.target_names(self.model, self.config.adapter_config(self.spec.adapter_kind))
+        return {f"{name}.weight" for name in names}
+
     def state(self) -> dict[str, torch.Tensor]:
         tensors = {f"ella/{name}": past for name, past in (self.ella.past if self.ella else {}).items()}
         for name, matrices in self.past_A.items():
@@ -177,6 +198,7 @@ class AdapterStrategy(Strategy):
                 self.ella.past[rest] = value.to(device)
             elif kind == "olora":
                 self.past_A.setdefault(rest.split("/", 1)[1], []).append(value.to(device))
+                self._past_A_stacks.clear()
         if any(k.endswith("lora_A") for k in model_keys):  # seqlora between tasks: its adapter is live
             self.model.requires_grad_(False)
             self.adapters = AdapterSet(self.model, self.config.adapter_config(self.spec.adapter_kind))
