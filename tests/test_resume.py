@@ -129,8 +129,12 @@ def test_rollback_of_the_last_task_reproduces_the_checkpoint_before_it(setup, tm
     assert main(["rollback", str(run_dir), "--task", "third", "--output", str(tmp_path / "rolled")]) == 0
     rolled = load_file(tmp_path / "rolled" / "model.safetensors")
     before = load_file(run_dir / "checkpoints" / "01-second" / "state.safetensors")
+    base = load_file(setup / "model" / "model.safetensors")
+    # The checkpoint keeps only the adapted layers' weights (q/v); the others are the base model's.
+    assert {k for k in before if k.startswith("model/")} == {"model/" + k for k in rolled if "q_proj" in k or "v_proj" in k}
     for key, value in rolled.items():
-        assert float((value - before["model/" + key]).abs().max()) <= 1e-6, key
+        expected = before.get("model/" + key, base.get(key))
+        assert float((value - expected).abs().max()) <= 1e-6, key
     # apply puts it back: the final model again.
     update = run_dir / "deltas" / "02-third.safetensors"
     assert main(["apply", "--model", str(tmp_path / "rolled"), "--update", str(update),
@@ -163,6 +167,31 @@ def test_resume_refusals(setup, tmp_path, capsys):
     (run_dir / "checkpoints" / "02-third" / "state.safetensors").write_bytes(b"garbage")
     assert main(["run", "--resume", str(tmp_path / "run")]) == 2
     assert "is damaged" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_base_model_that_changed(setup, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    shutil.copytree(setup / "model", tmp_path / "model")
+    args = run_args(setup, tmp_path / "run", "inclora")
+    args[args.index("--model") + 1] = str(tmp_path / "model")
+    assert main(args) == 0
+    run_dir = tmp_path / "run" / "inclora" / "seed0"
+    (run_dir / "model").rename(run_dir / "model-gone")  # unfinished again: resume loads the base + checkpoint
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    original = weights["model.norm.weight"].clone()
+    weights["model.norm.weight"] += 1e-3  # a weight no checkpoint stores, as another base model would have
+    save_file(weights, tmp_path / "model" / "model.safetensors", metadata={"format": "pt"})
+    results = (run_dir / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(["run", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.norm.weight is not the one the run started from" in err and "Traceback" not in err
+    assert (run_dir / "results.json").read_bytes() == results
+    weights["model.norm.weight"] = original  # the run's own base again: resume goes through
+    save_file(weights, tmp_path / "model" / "model.safetensors", metadata={"format": "pt"})
+    assert main(["run", "--resume", str(tmp_path / "run")]) == 0
+    assert read_run(run_dir)["finished_tasks"] == 3
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(setup, tmp_path, capsys,

@@ -2,9 +2,12 @@
 
 ``RUN/checkpoints/<t>-<task>/`` holds, after task t finished and was evaluated:
 
-* ``state.safetensors`` — the model's weights (the merged updates included) and the method's own
-  tensors (ELLA's W_past, O-LoRA's past A matrices, EWC's Fisher and anchor, seqlora's adapter);
-* ``state.json`` — the results so far, the RNG states and the resolved configuration.
+* ``state.safetensors`` — the model's weights that training changed (the merged updates included;
+  for the adapter methods only the adapted layers' weights, every weight for seqft, ewc and
+  seqlora) and the method's own tensors (ELLA's W_past, O-LoRA's past A matrices, EWC's Fisher
+  and anchor, seqlora's adapter);
+* ``state.json`` — the results so far, the RNG states, and a fingerprint of each weight left out,
+  which resume checks on the base model it reloads (a different base model is refused).
 
 A checkpoint is written into a temporary folder that is renamed into place, so a crash (even
 SIGKILL) leaves either the whole checkpoint or none. Resuming loads the newest one and restores the
@@ -58,17 +61,24 @@ def restore_rng(tensors: dict[str, torch.Tensor], states: dict) -> None:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, strategy_tensors: dict[str, torch.Tensor],
-                    info: dict, keep: int = 2) -> None:
-    """Write ``folder`` atomically, then keep only the ``keep`` newest checkpoints beside it."""
+                    info: dict, keep: int = 2, changed: set[str] | None = None) -> None:
+    """Write ``folder`` atomically, then keep only the ``keep`` newest checkpoints beside it.
+
+    ``changed``: the state_dict keys that can differ from the base model (None: all). The others
+    are not stored, only their :func:`fingerprints`, for :func:`check_base` on resume.
+    """
     rng_tensors, rng_json = rng_state()
-    tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    kept = set(state) if changed is None else set(state) & changed
+    tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.items() if k in kept}
     tensors.update({k: v.detach().cpu().contiguous() for k, v in strategy_tensors.items()})
     tensors.update(rng_tensors)
+    base = fingerprints({k: v for k, v in state.items() if k not in kept})
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_unshare(tensors), str(tmp / STATE_TENSORS))
-    (tmp / STATE_JSON).write_text(json.dumps({**info, "rng": rng_json}))
+    (tmp / STATE_JSON).write_text(json.dumps({**info, "rng": rng_json, "base": base}))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     done = sorted(p for p in folder.parent.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
@@ -96,6 +106,32 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, to
     model = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     rest = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
     return model, rest, info
+
+
+@torch.no_grad()
+def fingerprints(tensors: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Per tensor [Σx, Σx²] in float64: enough to tell another model's weights (or another dtype)
+    from the ones a run started with, computed on the tensors' device with one transfer at the end."""
+    if not tensors:
+        return {}
+    sums = [torch.stack([v.double().sum(), v.double().square().sum()]).cpu() for v in tensors.values()]
+    return dict(zip(tensors, torch.stack(sums).tolist()))
+
+
+def check_base(state: dict[str, torch.Tensor], expected: dict[str, list[float]], where: Path) -> None:
+    """Refuse to resume on a base model whose weights are not the ones the checkpoint left out."""
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise JumploraError(f"checkpoint {where} expects weights the model lacks ({missing[0]}): resume with the "
+                            "run's own model")
+    found = fingerprints({k: state[k] for k in expected})
+    for key, (total, squares) in expected.items():
+        got = found[key]
+        # The same weights give the same sums up to the summation order (another device): far
+        # inside 1e-9 of the scale √(n·Σx²) that bounds |Σx|. Other weights miss by far more.
+        if abs(got[0] - total) > 1e-9 * (squares * state[key].numel()) ** 0.5 or abs(got[1] - squares) > 1e-9 * squares:
+            raise JumploraError(f"the model's {key} is not the one the run started from (checkpoint {where}): "
+                                "resume with the run's own base model and precision")
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 from jumplora import metrics
 from jumplora.adapters import TaskUpdate
 from jumplora.checkpoint import (
+    check_base,
     latest_checkpoint,
     load_checkpoint,
     read_manifest,
@@ -218,7 +219,8 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
                 record_delta(out, t, label, path)
             write_json(out / "results.json", results)
             save_checkpoint(out / "checkpoints" / f"{t:02d}-{label}", model, strategy.state(),
-                            {"index": t, "results": results}, keep=config.keep_checkpoints)
+                            {"index": t, "results": results}, keep=config.keep_checkpoints,
+                            changed=strategy.changed_weights())
             log(f"[{method} seed {seed}] after {label}: " + ", ".join(f"{tasks[i].name} {accuracy[t, i]:.1f}" for i in range(t + 1)))
         accelerator.wait_for_everyone()
     if main and config.save_model:
@@ -249,8 +251,13 @@ def _restore(checkpoint: Path, out: Path, model, strategy, spec):
     model_state, tensors, info = load_checkpoint(checkpoint)
     rng = {k: v for k, v in tensors.items() if k.startswith("rng/")}
     strategy.restore({k: v for k, v in tensors.items() if not k.startswith("rng/")}, set(model_state))
+    # The weights the checkpoint left out must be the freshly loaded base model's.
+    check_base(model.state_dict(), info.get("base", {}), checkpoint)
     try:
-        model.load_state_dict(model_state, strict=True)
+        unknown = model.load_state_dict(model_state, strict=False)
+        missing = sorted(set(unknown.missing_keys) - set(info.get("base", {})))
+        if unknown.unexpected_keys or missing:
+            raise RuntimeError(f"unexpected keys {unknown.unexpected_keys[:3]}, missing keys {missing[:3]}")
     except RuntimeError as error:
         raise JumploraError(f"checkpoint {checkpoint} does not fit this model ({str(error).splitlines()[0]})") from None
     results = info["results"]

@@ -32,7 +32,7 @@ class AdapterSet:
         self.step = 0
         self.thresholds_ready = False
         self._stack_cache: dict = {}
-        names = self._target_names(model, self.config)
+        names = self.target_names(model, self.config)
         self.groups = self._make_groups(names) if self.config.kind == "jumplora" else {}
         self.layers: dict[str, AdaptedLinear] = {}
         for name in names:
@@ -44,7 +44,8 @@ class AdapterSet:
     # -- construction -------------------------------------------------------------------------
 
     @staticmethod
-    def _target_names(model: nn.Module, config: AdapterConfig) -> list[str]:
+    def target_names(model: nn.Module, config: AdapterConfig) -> list[str]:
+        """The names of the linear modules of ``model`` that ``config`` adapts."""
         targets = config.targets or _compat.default_targets(model)
         linear = [n for n, m in model.named_modules() if _compat.is_linear(m) and n]
         if any(isinstance(m, AdaptedLinear) for m in model.modules()):
