@@ -92,6 +92,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="add the rows under torch.compile(model)")
     p.add_argument("--host-bound", action="store_true", help="T5-large's depth with tiny widths: the host's time per step")
+    p.add_argument("--rows", help="comma-separated parts of row names to run (the two baselines always run), e.g. "
+                                  "'compile' to fit the compiled rows into one short GPU session")
     args = p.parse_args()
     device = common.check_device(args)
     sizes = common.T5_HOST if args.host_bound else common.T5_TINY if args.quick else common.T5_LARGE
@@ -105,6 +107,10 @@ def main() -> None:
     if args.compile:
         configurations += [("jumplora γ=0.5, torch.compile", "jumplora", 0.5, False, False, True),
                            ("(c) jumplora γ=0.5, bf16 base, torch.compile", "jumplora", 0.5, True, False, True)]
+    if args.rows:
+        wanted = [part.strip() for part in args.rows.split(",") if part.strip()]
+        baselines = ("peft lora", "(a) peft lora, autocast bf16")
+        configurations = [c for c in configurations if c[0] in baselines or any(w in c[0] for w in wanted)]
     for name, adapter, gamma, bf16_base, autocast, compiled in configurations:
         common.free_memory(device)
         with common.peak_memory(device) as peak:
