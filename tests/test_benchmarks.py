@@ -1,0 +1,57 @@
+"""The benchmark scripts run (CPU, --quick) and write the rows the README's Performance section reads.
+
+No timing is asserted: the figures come from the scripts on the machine that matters. What is
+checked is that each script still runs and writes, after its metadata row, rows with a name, a
+positive time, a peak-memory field, γ where it applies and a ratio whose baseline row is 1.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name, tmp_path, *extra):
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--device", "cpu", "--quick",
+                           "--json", str(out), *extra], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert rows[0]["name"] == "metadata" and rows[0]["device"] == "cpu" and rows[0]["date"]
+    assert len(rows) > 1
+    for row in rows[1:]:
+        assert row["name"] and "gamma" in row and "peak_mib" in row, row
+        assert row["ms"] is None or row["ms"] > 0, row
+    return rows[1:]
+
+
+@pytest.mark.parametrize("script, ratio, baseline", [
+    ("layer", "ratio_vs_lora", "peft lora"),
+    ("ella", "ratio_vs_loop", "minilm ella (lora): loop"),
+    ("eval", "ratio_vs_naive", "naive:"),
+])
+def test_script_writes_its_rows(script, ratio, baseline, tmp_path):
+    rows = run_script(script, tmp_path)
+    assert [row[ratio] for row in rows if row["name"].startswith(baseline)] == [1.0]
+    assert all(isinstance(row.get(ratio), float) and row[ratio] > 0 for row in rows), rows
+
+
+def test_step_rows_filter_keeps_the_baselines(tmp_path):
+    rows = run_script("step", tmp_path, "--rows", "γ=1")
+    assert [row["name"] for row in rows] == ["peft lora", "jumplora γ=1", "(a) peft lora, autocast bf16"]
+    assert rows[0]["ratio_vs_lora"] == 1.0 and rows[1]["ratio_vs_lora"] > 0 and rows[1]["gamma"] == 1.0
+
+
+def test_main_job_runs_the_readme_command(tmp_path):
+    rows = {row["name"]: row for row in run_script("main_job", tmp_path)}
+    wall = rows["main job: wall"]
+    assert 0 < wall["ratio_vs_target"] < 1 and wall["seconds"] > 0
+    assert not (tmp_path / "runs").exists()  # its output went to a temporary folder, deleted after
