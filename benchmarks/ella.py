@@ -28,6 +28,8 @@ backward, about one kernel launch each on a GPU, where the loop's count makes it
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -192,13 +194,13 @@ def main() -> None:
     for model_name in models:
         for kind, setting in (("lora", "ella (lora)"), ("jumplora", "jumplora+ella sparse, γ=0.5")):
             adapters, ella = build(model_name, args.quick, device, kind)
-            ways = {"loop": lambda: loop_penalty(adapters, ella, LAMBDA), "stacked": lambda: ella(adapters, LAMBDA)}
+            ways = {"loop": partial(loop_penalty, adapters, ella, LAMBDA), "stacked": partial(ella, adapters, LAMBDA)}
             rows += compare(f"{model_name} {setting}", ways, adapters, 0.5 if kind == "jumplora" else None,
                             device, iters, warmup, args.profile)
             del adapters, ella
         if args.olora_tasks:
             strategy = olora_strategy(model_name, args.quick, device, args.olora_tasks)
-            ways = {"loop": lambda: olora_loop(strategy), "stacked": strategy.penalty}
+            ways = {"loop": partial(olora_loop, strategy), "stacked": strategy.penalty}
             rows += compare(f"{model_name} olora, {args.olora_tasks} past tasks", ways, strategy.adapters, None,
                             device, iters, warmup, args.profile)
             del strategy

@@ -30,6 +30,8 @@ Run it with ``--threads 1``; on a CPU compare fp32 rows (bf16 is emulated there)
 
 from __future__ import annotations
 
+from functools import partial
+
 import peft
 import torch
 from torch import nn
@@ -118,12 +120,13 @@ def main() -> None:
             if compiled:
                 model = torch.compile(model)
             optimizer = torch.optim.AdamW(params, lr=1e-3)
-            times = common.time_ms(lambda: train_step(model, optimizer, batch, autocast), device, iters, warmup)
+            step = partial(train_step, model, optimizer, batch, autocast)
+            times = common.time_ms(step, device, iters, warmup)
         if args.profile and args.profile in name:
-            common.profile(name, lambda: train_step(model, optimizer, batch, autocast), device)
+            common.profile(name, step, device)
         rows.append({"name": name, "gamma": gamma, "ms": round(common.median(times), 2), "ms_min": round(min(times), 2),
                      "peak_mib": peak["mib"], "trainable": sum(p.numel() for p in params)})
-        del model, params, optimizer
+        del model, params, optimizer, step
         print(f"  {name}: {rows[-1]['ms']:.1f} ms", flush=True)
     by_name = {row["name"]: row for row in rows[1:]}
     lora, autocast = by_name["peft lora"]["ms"], by_name["(a) peft lora, autocast bf16"]["ms"]
