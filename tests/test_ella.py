@@ -181,3 +181,19 @@ def test_olora_stacked_penalty_equals_the_per_layer_per_task_formula():
     assert {tuple(s.shape[1:]) for s in strategy._past_A_stacks.values()} <= {(12, 32)}
     strategy.penalty()
     assert {tuple(s.shape[1:]) for s in strategy._past_A_stacks.values()} == {(12, 32)}
+
+
+def test_olora_state_restores_the_past_tasks_in_order():
+    """12 past tasks through a checkpoint's state: task 10 comes after task 2, as trained."""
+    from _models import tiny_llama
+
+    from jumplora.config import RunConfig
+    from jumplora.strategies.methods import make_strategy, parse_method
+
+    model, _ = tiny_llama()
+    config = RunConfig(methods=["olora"], r=2, targets=["q_proj"])
+    saved = make_strategy(parse_method("olora"), model, config, num_tasks=13)
+    saved.past_A = {"model.layers.0.self_attn.q_proj": [torch.full((2, 32), float(i)) for i in range(12)]}
+    fresh = make_strategy(parse_method("olora"), model, config, num_tasks=13)
+    fresh.restore(saved.state(), set())
+    assert [float(a[0, 0]) for a in fresh.past_A["model.layers.0.self_attn.q_proj"]] == [float(i) for i in range(12)]

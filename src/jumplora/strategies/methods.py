@@ -192,7 +192,12 @@ class AdapterStrategy(Strategy):
 
     def restore(self, tensors: dict[str, torch.Tensor], model_keys: set[str]) -> None:
         device = next(self.model.parameters()).device
-        for key, value in sorted(tensors.items()):
+
+        def task_order(key: str) -> tuple:  # "olora/<i>/<layer>": past tasks in order, 2 before 10
+            kind, rest = key.split("/", 1)
+            return (kind, int(rest.split("/", 1)[0])) if kind == "olora" else (kind, 0)
+
+        for key, value in sorted(tensors.items(), key=lambda item: (task_order(item[0]), item[0])):
             kind, rest = key.split("/", 1)
             if kind == "ella":
                 self.ella.past[rest] = value.to(device)
