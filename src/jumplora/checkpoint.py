@@ -114,8 +114,12 @@ def fingerprints(tensors: dict[str, torch.Tensor]) -> dict[str, list[float]]:
     from the ones a run started with, computed on the tensors' device with one transfer at the end."""
     if not tensors:
         return {}
-    sums = [torch.stack([v.double().sum(), v.double().square().sum()]).cpu() for v in tensors.values()]
-    return dict(zip(tensors, torch.stack(sums).tolist()))
+    sums = []
+    for value in tensors.values():
+        exact = value.double()  # one fp64 copy per tensor, for both sums
+        sums.append(torch.stack([exact.sum(), exact.square().sum()]))
+    device = sums[0].device
+    return dict(zip(tensors, torch.stack([pair.to(device) for pair in sums]).tolist()))
 
 
 def check_base(state: dict[str, torch.Tensor], expected: dict[str, list[float]], where: Path) -> None:

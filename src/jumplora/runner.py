@@ -252,10 +252,11 @@ def _restore(checkpoint: Path, out: Path, model, strategy, spec):
     rng = {k: v for k, v in tensors.items() if k.startswith("rng/")}
     strategy.restore({k: v for k, v in tensors.items() if not k.startswith("rng/")}, set(model_state))
     # The weights the checkpoint left out must be the freshly loaded base model's.
-    check_base(model.state_dict(), info.get("base", {}), checkpoint)
+    base = info.get("base", {})  # absent from checkpoints that kept every weight
+    check_base(model.state_dict(), base, checkpoint)
     try:
         unknown = model.load_state_dict(model_state, strict=False)
-        missing = sorted(set(unknown.missing_keys) - set(info.get("base", {})))
+        missing = sorted(set(unknown.missing_keys) - set(base))
         if unknown.unexpected_keys or missing:
             raise RuntimeError(f"unexpected keys {unknown.unexpected_keys[:3]}, missing keys {missing[:3]}")
     except RuntimeError as error:

@@ -62,7 +62,8 @@ def build_report(run_dirs: list[Path], output: Path) -> Path:
 def _remove_stale_figures(output: Path, written: set[str]) -> None:
     """Delete figures of an earlier report in ``output`` that this one did not redraw (a run or a
     stream that is no longer included), so the folder holds one report. Other files are kept."""
-    ours = re.compile(r"(accuracy|bwt_radial|sparsity_overlap|sparsity_depth|threshold_trace|loss)[_.].*\.png")
+    names = "|".join(["accuracy", *(name for name, _ in STREAM_FIGURES)])
+    ours = re.compile(rf"({names})[_.].*\.png")
     for path in output.glob("*.png"):
         if path.name not in written and ours.fullmatch(path.name):
             path.unlink()

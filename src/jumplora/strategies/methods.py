@@ -203,7 +203,7 @@ class AdapterStrategy(Strategy):
                 self.ella.past[rest] = value.to(device)
             elif kind == "olora":
                 self.past_A.setdefault(rest.split("/", 1)[1], []).append(value.to(device))
-                self._past_A_stacks.clear()
+        self._past_A_stacks.clear()  # rebuilt from the restored past_A at the next penalty
         if any(k.endswith("lora_A") for k in model_keys):  # seqlora between tasks: its adapter is live
             self.model.requires_grad_(False)
             self.adapters = AdapterSet(self.model, self.config.adapter_config(self.spec.adapter_kind))
