@@ -67,7 +67,7 @@ sys.exit(main(sys.argv[3:]))
 
 
 def comparable(results):
-    return {k: v for k, v in results.items() if k not in ("timing", "config")}
+    return {k: v for k, v in results.items() if k not in ("timing", "config", "resumes")}
 
 
 def file_states(folder):
@@ -103,6 +103,7 @@ def test_sigkill_mid_task_then_resume_gives_the_uninterrupted_results(setup, tmp
     straight = read_run(tmp_path / "straight" / "jumplora+ella" / "seed0")
     resumed = read_run(run_dir)
     assert comparable(resumed) == comparable(straight)
+    assert resumed["resumes"] == [{"after_task": 1, "changed": {}}] and "resumes" not in straight
     a = load_file(tmp_path / "straight" / "jumplora+ella" / "seed0" / "model" / "model.safetensors")
     b = load_file(run_dir / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -167,6 +168,45 @@ def test_resume_refusals(setup, tmp_path, capsys):
     (run_dir / "checkpoints" / "02-third" / "state.safetensors").write_bytes(b"garbage")
     assert main(["run", "--resume", str(tmp_path / "run")]) == 2
     assert "is damaged" in capsys.readouterr().err
+
+
+def test_resume_takes_execution_settings_in_a_moved_folder_and_records_them(setup, tmp_path, capsys):
+    assert main(run_args(setup, tmp_path / "run", "inclora", "--keep-checkpoints", "3")) == 0
+    straight = read_run(tmp_path / "run" / "inclora" / "seed0")
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)  # the saved settings still name tmp_path/run as the output
+    run_dir = moved / "inclora" / "seed0"
+
+    def unfinish(after_task):  # as if the run had stopped after `after_task` tasks
+        (run_dir / "model").rename(run_dir / f"model-{after_task}")
+        for checkpoint in (run_dir / "checkpoints").iterdir():
+            if int(checkpoint.name[:2]) >= after_task:  # checkpoints/<t>-<task>, t from 0
+                shutil.rmtree(checkpoint)
+
+    unfinish(1)
+    capsys.readouterr()
+    # A setting that changes what is learned is refused, and only that one is named.
+    assert main(["run", "--resume", str(moved), "--learning-rate", "0.1", "--compile", "aot_eager"]) == 2
+    assert "other settings for learning_rate: drop" in capsys.readouterr().err
+    # Settings of where and how fast it runs are taken without --force.
+    assert main(["run", "--resume", str(moved), "--compile", "aot_eager", "--keep-checkpoints", "2"]) == 0
+    assert "with changed settings: keep_checkpoints 3 -> 2, compile None -> 'aot_eager'" in capsys.readouterr().out
+    resumed = read_run(run_dir)
+    assert resumed["resumes"] == [{"after_task": 1, "changed": {"compile": {"was": None, "now": "aot_eager"},
+                                                                "keep_checkpoints": {"was": 3, "now": 2}}}]
+    assert resumed["config"]["compile"] == "aot_eager" and resumed["config"]["output"] == str(moved)
+    # Tasks two and three again, compiled: the same accuracies; the losses equal to rounding (the
+    # compiled graph's decompositions of Llama's norm and activation round differently, ~1e-6 here).
+    assert comparable(resumed) | {"losses": None} == comparable(straight) | {"losses": None}
+    assert resumed["losses"].keys() == straight["losses"].keys()
+    for task, losses in straight["losses"].items():
+        assert resumed["losses"][task] == pytest.approx(losses, rel=1e-5, abs=0), task
+    # `--compile off` resumes a compiled run eagerly; the record keeps both resumes.
+    unfinish(2)
+    assert main(["run", "--resume", str(moved), "--compile", "off"]) == 0
+    resumes = read_run(run_dir)["resumes"]
+    assert [r["after_task"] for r in resumes] == [1, 2]
+    assert resumes[1]["changed"] == {"compile": {"was": "aot_eager", "now": None}, "keep_checkpoints": {"was": 2, "now": 3}}
 
 
 def test_resume_refuses_a_base_model_that_changed(setup, tmp_path, capsys):

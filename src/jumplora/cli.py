@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         "log_with": dict(type=lambda s: [t for t in s.split(",") if t],
                          help="trackers to log to, comma-separated: tensorboard, wandb (default: none)"),
         "compile": dict(nargs="?", const="inductor", metavar="BACKEND",
-                        help="torch.compile the model for training (default backend: inductor); for GPUs, "
-                             "where a step is bound by Python and kernel launches"),
+                        help="torch.compile the model for training (default backend: inductor; `off` to "
+                             "resume a compiled run without); for GPUs, where a step is bound by Python "
+                             "and kernel launches"),
         "ella_lambda": dict(type=_lambdas, help="ELLA λ: one value, or one per task comma-separated"),
         "ella_lambda_grid": dict(type=lambda s: [float(v) for v in s.split(",")],
                                  help="λ candidates of --ella-lambda-search, comma-separated"),

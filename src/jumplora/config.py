@@ -140,6 +140,8 @@ class RunConfig:
                 f"precision bf16-base stores the weights in bf16, but {', '.join(full)} trains them all: "
                 "use --precision bf16 (autocast) for it, or an adapter method"
             )
+        if isinstance(self.compile, str) and self.compile.lower() in ("true", "on", "yes", "false", "off", "no", "none"):
+            self.compile = self.compile.lower() in ("true", "on", "yes")  # `--compile off` (e.g. on resume)
         if isinstance(self.compile, bool):  # `compile: true` in a YAML file
             self.compile = "inductor" if self.compile else None
         if self.compile is not None:

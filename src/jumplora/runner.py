@@ -95,19 +95,31 @@ def run(config: RunConfig, log=print, resume: bool = False) -> list[dict]:
     return all_results
 
 
+# Settings that decide where and how fast a run goes, not what it learns: a resume may change them
+# without --force (a run started on one machine can finish on another, compiled or not). Every
+# change is recorded in results.json under "resumes".
+EXECUTION_SETTINGS = ("compile", "device", "eval_batch_size", "keep_checkpoints", "log_with", "save_model")
+
+
 def resumable_config(output: Path, overrides: dict, force: bool = False) -> RunConfig:
-    """The saved configuration of the run in ``output`` with ``overrides``; a change is refused
-    (naming the keys) unless ``force``."""
+    """The saved configuration of the run in ``output`` with ``overrides``. A change of a setting
+    outside :data:`EXECUTION_SETTINGS` is refused (naming the keys) unless ``force``; ``output`` is
+    the folder given, wherever the run was first written (a moved run resumes in its new place)."""
     saved = output / CONFIG_FILE
     if not saved.is_file():
         raise JumploraError(f"no run to resume in {output} (no {CONFIG_FILE}): pass the --output of a run")
-    base = load_config(saved)
     config = load_config(saved, overrides={"output": str(output), **overrides})
-    changed = sorted(k for k, v in config.to_dict().items() if v != base.to_dict()[k])
-    if changed and not force:
-        raise JumploraError(f"the run in {output} used other settings for {', '.join(changed)}: "
+    refused = [k for k in changed_settings(load_config(saved).to_dict(), config.to_dict())
+               if k not in EXECUTION_SETTINGS]
+    if refused and not force:
+        raise JumploraError(f"the run in {output} used other settings for {', '.join(refused)}: "
                             "drop those flags, or add --force to resume with them")
     return config
+
+
+def changed_settings(before: dict, after: dict) -> dict:
+    """``{key: {"was": old, "now": new}}`` for each setting that differs, the output folder aside."""
+    return {k: {"was": before.get(k), "now": v} for k, v in after.items() if k != "output" and before.get(k) != v}
 
 
 def sweep(path: Path, force: bool = False, log=print) -> Path:
@@ -174,6 +186,13 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
     if checkpoint is not None:
         first, results, accuracy, masks = _restore(checkpoint, out, model, strategy, spec)
         log(f"[{method} seed {seed}] resuming after task {first} of {T} from {checkpoint.name}")
+        # The record says which settings the rest of the run used: results["config"] is the latest.
+        changed = changed_settings(results["config"], config.to_dict())
+        results.setdefault("resumes", []).append({"after_task": first, "changed": changed})
+        results["config"] = config.to_dict()
+        if changed:
+            log(f"[{method} seed {seed}] with changed settings: "
+                + ", ".join(f"{k} {v['was']!r} -> {v['now']!r}" for k, v in changed.items()))
     started = time.perf_counter()
     if config.log_with:
         accelerator.init_trackers(f"{method}-seed{seed}", config=_flat(config.to_dict()))
