@@ -205,3 +205,23 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)
+
+
+@contextmanager
+def layer_kernels(device: torch.device, compiled: bool | None):
+    """Run the block with JumpLoRA's elementwise kernels compiled (True) or eager (False) on
+    ``device``; None leaves the library's default (compiled on CUDA, eager elsewhere)."""
+    from jumplora.adapters.layer import KERNELS
+
+    before = set(KERNELS.compile_on)
+    if compiled is not None:
+        KERNELS.compile_on = before | {device.type} if compiled else before - {device.type}
+    try:
+        yield
+    finally:
+        KERNELS.compile_on = before
+
+
+def other_kernels(device: torch.device) -> tuple[str, bool]:
+    """The non-default way of running the layer's kernels on ``device``: its row label and flag."""
+    return ("eager layer kernels", False) if device.type == "cuda" else ("compiled layer kernels", True)

@@ -19,6 +19,9 @@ Before anything is timed, the fused path is checked against the autograd path (o
 gradients of x, A, B, log τ) at every γ, and our γ = 0 layer against PEFT with the same A and B,
 so a broken fast path cannot produce a nice number.
 
+``--kernels`` adds the fused rows at γ = 0.5 and 1 with the layer's elementwise kernels run the other
+way than the library's default on the device: eager on CUDA, compiled on the CPU.
+
 ``--sampled-gradient`` adds the measurement behind a road not taken: at γ = 1 the gradient of ΔW
 is needed only at the kept entries (and the few in the threshold's band), so the weight gradient
 gᵀx could be a sampled matmul (``torch.sparse.sampled_addmm`` over the kept entries as CSR)
@@ -105,6 +108,8 @@ def main() -> None:
     # A step is ~1 ms on an H100: more iterations there, so the clocks are up and the median is steady.
     p.add_argument("--iters", type=int, help="timed iterations, the median is reported (default: cuda 200, cpu 20)")
     p.add_argument("--warmup", type=int, help="untimed iterations first (default: cuda 50, cpu 5)")
+    p.add_argument("--kernels", action="store_true",
+                   help="add fused γ=0.5 and 1 with the layer's kernels eager on CUDA / compiled on the CPU")
     p.add_argument("--sampled-gradient", action="store_true",
                    help="also time gᵀx sampled at the kept entries against the dense gᵀx")
     args = p.parse_args()
@@ -120,10 +125,15 @@ def main() -> None:
     x = torch.randn(batch, seq, d, device=device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(batch, seq, d, device=device, dtype=dtype)
 
-    layers = {"peft lora": (None, make_peft(base, make_ours(base, True, 0.0)))}
+    # name: (γ, layer, the kernels' mode: None = the library's default on the device)
+    layers = {"peft lora": (None, make_peft(base, make_ours(base, True, 0.0)), None)}
     for gamma in GAMMAS:
         for fused in (True, False):
-            layers[f"jumplora {'fused' if fused else 'plain'} γ={gamma}"] = (gamma, make_ours(base, fused, gamma))
+            layers[f"jumplora {'fused' if fused else 'plain'} γ={gamma}"] = (gamma, make_ours(base, fused, gamma), None)
+    if args.kernels:
+        label, compiled_kernels = common.other_kernels(device)
+        for gamma in GAMMAS[1:]:
+            layers[f"jumplora fused γ={gamma}, {label}"] = (gamma, make_ours(base, True, gamma), compiled_kernels)
 
     tolerance = TOLERANCE[args.dtype]
     for gamma in GAMMAS:
@@ -140,14 +150,18 @@ def main() -> None:
         adapter_dtype_peft=str(peft_layer.lora_A["default"].weight.dtype),
     )]
     baseline = None
-    for name, (gamma, layer) in layers.items():
+    for name, (gamma, layer, kernels) in layers.items():
+        if kernels is not None:  # the other kernels must compute what the default ones do
+            want = outputs(layers[name.split(",")[0]][1], x, grad_out)
+            with common.layer_kernels(device, kernels):
+                check_close(name, outputs(layer, x, grad_out), want, tolerance)
         common.free_memory(device)
-        with common.peak_memory(device) as peak:
+        with common.peak_memory(device) as peak, common.layer_kernels(device, kernels):
             times = common.time_ms(lambda: step(layer, x, grad_out), device, iters, warmup)
+            if args.profile and args.profile in name:
+                common.profile(name, lambda: step(layer, x, grad_out), device)
         ms = common.median(times)
         baseline = baseline or ms
-        if args.profile and args.profile in name:
-            common.profile(name, lambda: step(layer, x, grad_out), device)
         rows.append({"name": name, "gamma": gamma, "ms": round(ms, 4), "ms_min": round(min(times), 4),
                      "ratio_vs_lora": round(ms / baseline, 3), "peak_mib": peak["mib"]})
     columns = ["name", "gamma", "ms", "ms_min", "ratio_vs_lora", "peak_mib"]

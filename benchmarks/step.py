@@ -26,6 +26,11 @@ and the batch (2 × 16 + 8 tokens): every operation of a step is still issued, e
 numbers, so the time of a step is the host's (Python, dispatch, launches). This is the part that
 bounds a bf16 step on an H100 (144 ms of kernels in a 460 ms step) and it can be measured on a CPU.
 Run it with ``--threads 1``; on a CPU compare fp32 rows (bf16 is emulated there).
+
+``--kernels`` adds γ = 0.5 and 1 with the layer's elementwise kernels run the other way than the
+library does by default on the device: eager on CUDA (where they are compiled), compiled on the CPU
+(where they are eager). On CUDA this answers whether the compiled kernels pay for their own host
+cost in a whole step; on the CPU with ``--host-bound`` it measures that host cost.
 """
 
 from __future__ import annotations
@@ -94,6 +99,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="add the rows under torch.compile(model)")
     p.add_argument("--host-bound", action="store_true", help="T5-large's depth with tiny widths: the host's time per step")
+    p.add_argument("--kernels", action="store_true",
+                   help="add γ=0.5 and 1 with the layer's kernels eager on CUDA / compiled on the CPU")
     p.add_argument("--rows", help="comma-separated parts of row names to run (the two baselines always run), e.g. "
                                   "'compile' to fit the compiled rows into one short GPU session")
     args = p.parse_args()
@@ -105,25 +112,30 @@ def main() -> None:
 
     rows = [common.metadata(device, "fp32 (rows (a), (b), (c): see name)", t5=sizes, host_bound=args.host_bound,
                             batch=batch_size, source_tokens=source, target_tokens=target, iters=iters, warmup=warmup)]
-    configurations = [(*c, False) for c in CONFIGURATIONS]
+    # + whether the model is compiled, and the layer kernels' mode (None: the library's default)
+    configurations = [(*c, False, None) for c in CONFIGURATIONS]
     if args.compile:
-        configurations += [("jumplora γ=0.5, torch.compile", "jumplora", 0.5, False, False, True),
-                           ("(c) jumplora γ=0.5, bf16 base, torch.compile", "jumplora", 0.5, True, False, True)]
+        configurations += [("jumplora γ=0.5, torch.compile", "jumplora", 0.5, False, False, True, None),
+                           ("(c) jumplora γ=0.5, bf16 base, torch.compile", "jumplora", 0.5, True, False, True, None)]
+    if args.kernels:
+        label, compiled_kernels = common.other_kernels(device)
+        configurations += [(f"jumplora γ={g}, {label}", "jumplora", g, False, False, False, compiled_kernels)
+                           for g in (0.5, 1.0)]
     if args.rows:
         wanted = [part.strip() for part in args.rows.split(",") if part.strip()]
         baselines = ("peft lora", "(a) peft lora, autocast bf16")
         configurations = [c for c in configurations if c[0] in baselines or any(w in c[0] for w in wanted)]
-    for name, adapter, gamma, bf16_base, autocast, compiled in configurations:
+    for name, adapter, gamma, bf16_base, autocast, compiled, kernels in configurations:
         common.free_memory(device)
-        with common.peak_memory(device) as peak:
+        with common.peak_memory(device) as peak, common.layer_kernels(device, kernels):
             model, params = build(args.quick, device, adapter, gamma, bf16_base, sizes)
             if compiled:
                 model = torch.compile(model)
             optimizer = torch.optim.AdamW(params, lr=1e-3)
             step = partial(train_step, model, optimizer, batch, autocast)
             times = common.time_ms(step, device, iters, warmup)
-        if args.profile and args.profile in name:
-            common.profile(name, step, device)
+            if args.profile and args.profile in name:
+                common.profile(name, step, device)
         rows.append({"name": name, "gamma": gamma, "ms": round(common.median(times), 2), "ms_min": round(min(times), 2),
                      "peak_mib": peak["mib"], "trainable": sum(p.numel() for p in params)})
         del model, params, optimizer, step

@@ -33,15 +33,17 @@ def run_script(name, tmp_path, *extra):
     return rows[1:]
 
 
-@pytest.mark.parametrize("script, ratio, baseline", [
-    ("layer", "ratio_vs_lora", "peft lora"),
-    ("ella", "ratio_vs_loop", "minilm ella (lora): loop"),
-    ("eval", "ratio_vs_naive", "naive:"),
+@pytest.mark.parametrize("script, ratio, baseline, extra", [
+    ("layer", "ratio_vs_lora", "peft lora", ["--kernels"]),
+    ("ella", "ratio_vs_loop", "minilm ella (lora): loop", []),
+    ("eval", "ratio_vs_naive", "naive:", []),
 ])
-def test_script_writes_its_rows(script, ratio, baseline, tmp_path):
-    rows = run_script(script, tmp_path)
+def test_script_writes_its_rows(script, ratio, baseline, extra, tmp_path):
+    rows = run_script(script, tmp_path, *extra)
     assert [row[ratio] for row in rows if row["name"].startswith(baseline)] == [1.0]
     assert all(isinstance(row.get(ratio), float) and row[ratio] > 0 for row in rows), rows
+    if "--kernels" in extra:  # the layer's kernels compiled on the CPU too (checked against eager first)
+        assert [row["gamma"] for row in rows if row["name"].endswith(", compiled layer kernels")] == [0.5, 1.0]
 
 
 def test_step_rows_filter_keeps_the_baselines(tmp_path):

@@ -183,16 +183,21 @@ class _Kernels:
     """The functions above as run on a device: plain PyTorch on the CPU (what the tests cover); on
     CUDA compiled by torch.compile into a few fused kernels, because there the ~35 small
     elementwise launches per layer of the plain code cost more host time than the GPU spends on
-    them (benchmarks/layer.py). If compilation fails, the plain code is used from then on."""
+    them (benchmarks/layer.py). If compilation fails, the plain code is used from then on.
+
+    ``compile_on``: the device types whose calls are compiled. The benchmarks' ``--kernels`` flips
+    it, to measure the other way on the same device (a compiled call has a fixed host cost of its
+    own: guards, wrappers, launches)."""
 
     def __init__(self) -> None:
+        self.compile_on = {"cuda"}
         self.compiled: dict = {}
         self.working: set = set()  # functions whose compiled form has run once
         self.failed = False
 
     def call(self, fn, device: torch.device, *args):
         # Inside a compiled model (--compile) the plain code is traced into the model's own graph.
-        if device.type != "cuda" or self.failed or torch.compiler.is_compiling():
+        if device.type not in self.compile_on or self.failed or torch.compiler.is_compiling():
             return fn(*args)
         if fn in self.working:  # errors from here on are the run's own (out of memory...), not the compiler's
             return self.compiled[fn](*args)
