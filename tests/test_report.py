@@ -134,6 +134,22 @@ def test_a_reused_folder_keeps_no_stale_figures(tmp_path):
                                                             "loss.png", "mine.png"]
 
 
+def test_resumes_with_changed_settings_are_named(tmp_path):
+    changed = fake_results("inclora", 0)
+    changed["resumes"] = [{"after_task": 1, "changed": {}},  # a plain resume: not worth a word
+                          {"after_task": 2, "changed": {"compile": {"was": None, "now": "inductor"},
+                                                        "learning_rate": {"was": 0.001, "now": 0.0005}}}]
+    write_run(tmp_path / "runs", changed)
+    plain = fake_results("inclora", 1)
+    plain["resumes"] = [{"after_task": 1, "changed": {}}]
+    write_run(tmp_path / "runs", plain)
+    build_report([tmp_path / "runs"], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert ("Resumed with changed settings: inclora seed 0 after task 2 (compile None -> inductor, "
+            "learning_rate 0.001 -> 0.0005).") in text
+    assert "seed 1 after" not in text and "after task 1" not in text
+
+
 def test_single_task_baselines_are_not_runs(tmp_path):
     write_run(tmp_path, fake_results("inclora", 0))
     write_run(tmp_path / "inclora" / "seed0" / "single_task" / "alpha", fake_results("inclora", 0, tasks=["alpha"],
@@ -203,6 +219,8 @@ def _break(field, value):
     (_break("seed", "zero"), "'seed' must be an integer"),
     (_break("timing", {"total_s": "long"}), "'timing.total_s' must be a number"),
     (_break("collapsed", [1]), "'collapsed' must be a list of names"),
+    (_break("resumes", [{"after_task": 1, "changed": {"compile": "inductor"}}]),
+     "'resumes' must be a list of {after_task, changed: {setting: {was, now}}} records"),
 ])
 def test_malformed_results_name_file_and_field(tmp_path, edit, message):
     results = fake_results("jumplora+inclora", 0)

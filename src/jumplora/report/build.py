@@ -82,6 +82,11 @@ def _overview(runs: list[Run], run_dirs: list[Path]) -> str:
                  for r in runs if r.results.get("collapsed")]
     if collapsed:
         text += " The gate collapsed (sparsity 0% or 100% in some layer) in: " + "; ".join(collapsed) + "."
+    resumed = [f"{r.method} seed {r.seed} after task {entry['after_task']} ("
+               + ", ".join(f"{k} {v['was']} -> {v['now']}" for k, v in entry["changed"].items()) + ")"
+               for r in runs for entry in r.results.get("resumes", []) if entry["changed"]]
+    if resumed:
+        text += " Resumed with changed settings: " + "; ".join(resumed) + "."
     return text
 
 

@@ -180,6 +180,7 @@ def _check(results, path: Path) -> None:
 
 # What the report reads besides the accuracy matrix; each may be absent (older files, other methods).
 NUMBER, OPTIONAL_NUMBER, TEXT, ANY = "number", "number or null", "text", "anything"
+RESUME = "resume"  # {"after_task": number, "changed": {setting: {"was": ..., "now": ...}}}
 OPTIONAL_FIELDS = {
     ("config",): ("map", ANY),
     ("collapsed",): ("list", TEXT),
@@ -191,6 +192,7 @@ OPTIONAL_FIELDS = {
     ("threshold_trace",): ("map", ("map", ("list", NUMBER))),
     ("jaccard", "mean_with_previous"): ("list", OPTIONAL_NUMBER),
     ("chosen_lambda",): ("list", NUMBER),
+    ("resumes",): ("list", RESUME),
 }
 
 
@@ -201,6 +203,10 @@ def _fits(value, shape) -> bool:
         return True
     if shape == TEXT:
         return isinstance(value, str)
+    if shape == RESUME:
+        changed = value.get("changed") if isinstance(value, dict) else None
+        return (_fits(value.get("after_task"), NUMBER) and isinstance(changed, dict)
+                and all(isinstance(v, dict) and v.keys() == {"was", "now"} for v in changed.values()))
     if shape in (NUMBER, OPTIONAL_NUMBER):
         return (value is None and shape == OPTIONAL_NUMBER) or (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
@@ -213,13 +219,15 @@ def _fits(value, shape) -> bool:
 def _describe(shape) -> str:
     """``shape`` in words: ("map", ("list", NUMBER)) -> "an object of lists of numbers"."""
     if isinstance(shape, str):
-        return {NUMBER: "a number", OPTIONAL_NUMBER: "a number or null", TEXT: "a name", ANY: "anything"}[shape]
+        return {NUMBER: "a number", OPTIONAL_NUMBER: "a number or null", TEXT: "a name", ANY: "anything",
+                RESUME: "a resume record"}[shape]
     kind, inner = shape
     return f"{'a list' if kind == 'list' else 'an object'} of {_plural(inner)}"
 
 
 def _plural(shape) -> str:
     if isinstance(shape, str):
-        return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", TEXT: "names", ANY: "values"}[shape]
+        return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", TEXT: "names", ANY: "values",
+                RESUME: "{after_task, changed: {setting: {was, now}}} records"}[shape]
     kind, inner = shape
     return f"{'lists' if kind == 'list' else 'objects'} of {_plural(inner)}"
