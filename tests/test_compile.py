@@ -91,3 +91,7 @@ def test_a_failing_compiler_is_one_line_that_names_the_way_out(stream, tmp_path,
     assert code == 2 and lines[-1].startswith("jumplora: error: --compile jumplora_test_broken: torch.compile failed")
     assert lines[-1].endswith("run without --compile") and "Traceback" not in "\n".join(lines)
     assert not (tmp_path / "out" / "inclora" / "seed0" / "results.json").exists()
+    # The way out the README gives: resume the same run without compiling.
+    assert main(["run", "--resume", str(tmp_path / "out"), "--compile", "off"]) == 0
+    results = read_run(tmp_path / "out" / "inclora" / "seed0")
+    assert results["finished_tasks"] == len(results["tasks"]) and results["config"]["compile"] is None
