@@ -141,6 +141,11 @@ def peak_memory(device: torch.device):
         result["mib"] = round(max(0, _status_kib("VmHWM") - before) / 1024, 1)
 
 
+def can_measure_rss() -> bool:
+    """Whether the CPU peak memory can be measured here (Linux lets us reset the peak RSS)."""
+    return _can_reset_rss()
+
+
 def _can_reset_rss() -> bool:
     return os.access("/proc/self/clear_refs", os.W_OK) and Path("/proc/self/status").is_file()
 

@@ -35,7 +35,7 @@ from torch import nn
 
 import common
 from jumplora import AdapterConfig, AdapterSet, EllaPenalty
-from jumplora.families.loading import bundled_model_path
+from jumplora.families.sources import resolve_model
 from jumplora.strategies import ella as ella_module
 
 LAMBDA = 1e4
@@ -46,7 +46,7 @@ def build(model_name: str, quick: bool, device: torch.device, kind: str):
     if model_name == "minilm":
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(bundled_model_path()).to(device)
+        model = AutoModel.from_pretrained(resolve_model(None).path).to(device)
         targets = ("query", "value")
     else:
         model = common.t5(quick, device)

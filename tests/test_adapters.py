@@ -84,6 +84,29 @@ def test_threshold_init_keeps_exactly_k_entries_per_group(family, mode):
     assert len(counts) == (1 if mode == "global" else len({block_of(n) for n in adapters.layers}))
 
 
+def test_kept_fractions_at_s_start_s_final_and_the_end_count_the_gate():
+    model, _ = tiny_llama()
+    adapters = AdapterSet(model, AdapterConfig(threshold_mode="per_block"))
+    randomise_updates(adapters)
+    adapters.begin_task(10)
+    adapters.set_step(2)  # S_start: τ initialised, k of n entries kept per block
+    for layer in adapters.layers.values():  # |ΔW| grows after S_start while τ stays: more entries pass
+        layer.lora_B.data.mul_(3.0)
+    adapters.set_step(8)  # S_final
+    trace = adapters.gate_trace
+    assert set(trace) == {"s_start", "s_final"}
+    for block, kept in trace["s_start"]["kept"].items():
+        layers = [layer for name, layer in adapters.layers.items() if block_of(name) == block]
+        k = sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in layers)
+        n = sum(layer.delta().numel() for layer in layers)
+        assert kept == pytest.approx(k / n)
+        assert trace["s_final"]["kept"][block] > kept
+        tau = adapters.thresholds()[block]
+        assert trace["s_start"]["tau"][block] == trace["s_final"]["tau"][block] == tau  # no optimiser step between
+        by_hand = sum(int((layer.delta().abs() > tau).sum()) for layer in layers) / n
+        assert adapters.kept_fractions()[block] == pytest.approx(by_hand)
+
+
 def test_blocks_of_each_family():
     assert block_of("encoder.block.3.layer.0.SelfAttention.q") == "encoder.block.3"
     assert block_of("decoder.block.3.layer.1.EncDecAttention.v") == "decoder.block.3"

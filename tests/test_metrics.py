@@ -9,6 +9,7 @@ import torch
 from jumplora.errors import JumploraError
 from jumplora.metrics import (
     accuracy_matrix_from_json,
+    answer_origins,
     accuracy_matrix_to_json,
     backward_transfer,
     forward_transfer,
@@ -100,3 +101,13 @@ def test_mean_jaccard_with_previous_tasks():
     # task 1: J(m1, m0) = 1/3; task 2: (J(m2, m0) + J(m2, m1)) / 2 = (2/3 + 2/3) / 2 = 2/3
     assert mean_jaccard_with_previous(masks) == [None, pytest.approx(1 / 3), pytest.approx(2 / 3)]
     assert mean_jaccard_with_previous([]) == []
+
+
+def test_answer_origins_name_the_task_whose_label_took_over():
+    # agnews answers after training on amazon: 2 own labels (one wrong), 2 amazon labels, one
+    # label shared by yahoo and amazon (the first task listed owns it), one free text.
+    predictions = ["World", " sports ", "negative", "Very Positive", "Health", "I think it is about money"]
+    counts = answer_origins(predictions, ("World", "Sports", "Business"),
+                            {"yahoo": ("Health", "Sports"), "amazon": ("negative", "very positive", "Health")})
+    assert counts == {"own": 2, "yahoo": 1, "amazon": 2, "other": 1}
+    assert answer_origins([], ("a",), {"b": ("x",)}) == {"own": 0, "b": 0, "other": 0}

@@ -63,6 +63,7 @@ class RunConfig:
     # Evaluation and outputs
     eval_batch_size: int = 64
     causal_mode: str = "generate"  # generate | rank
+    also_rank: bool = False  # causal + generate: also score by ranking the options (rank_accuracy_matrix)
     encoder_temperature: float = 0.05
     single_task_baselines: bool = False  # also train each task alone (for FWT), cached
     save_model: bool = True  # save_pretrained of the final merged model
@@ -140,10 +141,12 @@ class RunConfig:
                 f"precision bf16-base stores the weights in bf16, but {', '.join(full)} trains them all: "
                 "use --precision bf16 (autocast) for it, or an adapter method"
             )
-        if isinstance(self.compile, str) and self.compile.lower() in ("true", "on", "yes", "false", "off", "no", "none"):
-            self.compile = self.compile.lower() in ("true", "on", "yes")  # `--compile off` (e.g. on resume)
-        if isinstance(self.compile, bool):  # `compile: true` in a YAML file
-            self.compile = "inductor" if self.compile else None
+        # `compile: true` in a YAML file, `--compile off` on a resume: a switch, not a backend name.
+        switch = self.compile.lower() if isinstance(self.compile, str) else self.compile
+        if switch in (True, "true", "on", "yes"):
+            self.compile = "inductor"
+        elif switch in (False, "false", "off", "no", "none"):
+            self.compile = None
         if self.compile is not None:
             _check_compile_backend(self.compile)
         if self.causal_mode not in ("generate", "rank"):

@@ -8,10 +8,11 @@ Masks and tensors may be numpy arrays or torch tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jumplora.data.tasks import normalize_answer
 from jumplora.errors import JumploraError
 
 
@@ -123,3 +124,28 @@ def mean_jaccard_with_previous(masks_by_task: Sequence) -> list[float | None]:
     for t in range(1, len(masks_by_task)):
         result.append(float(np.mean([jaccard(masks_by_task[t], masks_by_task[s]) for s in range(t)])))
     return result
+
+
+def answer_origins(predictions: Sequence[str], labels: Sequence[str],
+                   other_tasks: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Where a task's predicted answers come from, counted (answers and labels compared after
+    :func:`jumplora.data.tasks.normalize_answer`):
+
+    * ``own``: one of the task's own labels (right or wrong);
+    * ``<task name>``: not one of them, but a label of that other task of the stream (the first
+      one in ``other_tasks`` order that has it): another task's label vocabulary taking over the
+      answers, the generative forgetting mode;
+    * ``other``: no task's label.
+
+    Every key is present (0 where nothing came from it), so the counts of runs can be added.
+    """
+    own = {normalize_answer(label) for label in labels}
+    owners: dict[str, str] = {}
+    for name, task_labels in other_tasks.items():
+        for label in task_labels:
+            owners.setdefault(normalize_answer(label), name)
+    counts = {"own": 0, **{name: 0 for name in other_tasks}, "other": 0}
+    for prediction in predictions:
+        answer = normalize_answer(prediction)
+        counts["own" if answer in own else owners.get(answer, "other")] += 1
+    return counts

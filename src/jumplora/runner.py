@@ -35,8 +35,9 @@ from jumplora.config import RunConfig, load_config, load_yaml
 from jumplora.data import Task, is_correct
 from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
-from jumplora.families import load_model
-from jumplora.families.loading import bundled_model_path
+from jumplora.families import CausalFamily, load_model
+from jumplora.families.loading import load_config
+from jumplora.families.sources import resolve_model
 from jumplora.strategies.methods import make_strategy, parse_method
 from jumplora.train import batches, make_accelerator, train_task
 
@@ -44,10 +45,17 @@ CONFIG_FILE = "config.yaml"  # the resolved configuration of a run, at the top o
 
 
 def evaluate(model, family, task: Task, batch_size: int, split: str = "test", accelerator=None) -> float:
-    """Accuracy (percent) on one split of the task, exact match after normalisation.
+    """Accuracy (percent) on one split of the task, exact match after normalisation."""
+    return evaluate_answers(model, family, task, batch_size, {}, split, accelerator)[0]
+
+
+def evaluate_answers(model, family, task: Task, batch_size: int, other_tasks: dict[str, tuple[str, ...]],
+                     split: str = "test", accelerator=None) -> tuple[float, dict[str, int]]:
+    """Accuracy (percent) on one split of the task, and where the answers come from
+    (:func:`jumplora.metrics.answer_origins` against the labels of ``other_tasks``).
 
     With an ``accelerator`` of several processes each one predicts every n-th example and the
-    counts of correct answers are summed over the processes: the same accuracy in 1/n of the time.
+    counts are summed over the processes: the same numbers in 1/n of the time.
     """
     examples = task.split(split)
     if not examples:
@@ -57,12 +65,13 @@ def evaluate(model, family, task: Task, batch_size: int, split: str = "test", ac
         examples = examples[accelerator.process_index :: shards]
     predictions = family.predict(model, task, examples, batch_size=batch_size) if examples else []
     correct = sum(is_correct(p, e.label) for p, e in zip(predictions, examples))
+    origins = metrics.answer_origins(predictions, task.labels, other_tasks)
+    counts = [correct, len(examples), *origins.values()]
     if shards > 1:
-        counts = accelerator.reduce(torch.tensor([correct, len(examples)], dtype=torch.float64,
-                                                 device=accelerator.device), reduction="sum")
-        correct, total = counts.tolist()
-        return 100.0 * (correct / total)
-    return 100.0 * (correct / len(examples))
+        counts = accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=accelerator.device),
+                                    reduction="sum").tolist()
+    correct, total, *values = counts
+    return 100.0 * (correct / total), dict(zip(origins, map(int, values)))
 
 
 def run(config: RunConfig, log=print, resume: bool = False) -> list[dict]:
@@ -174,6 +183,7 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
     accelerator.wait_for_everyone()
     set_seed(seed)
     model, tokenizer, family = _load(config, accelerator)
+    ranker = _ranker(config, family)
     strategy = make_strategy(spec, model, config, len(tasks))
     if main:
         (out / "deltas").mkdir(parents=True, exist_ok=True)
@@ -184,12 +194,14 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
     first = 0
     checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is not None:
-        first, results, accuracy, masks = _restore(checkpoint, out, model, strategy, spec)
+        first, restored, accuracy, masks = _restore(checkpoint, out, model, strategy, spec)
+        results = {**results, **restored}  # fields newer than the checkpoint start empty
         log(f"[{method} seed {seed}] resuming after task {first} of {T} from {checkpoint.name}")
         # The record says which settings the rest of the run used: results["config"] is the latest.
-        changed = changed_settings(results["config"], config.to_dict())
+        settings = config.to_dict()
+        changed = changed_settings(results["config"], settings)
         results.setdefault("resumes", []).append({"after_task": first, "changed": changed})
-        results["config"] = config.to_dict()
+        results["config"] = settings
         if changed:
             log(f"[{method} seed {seed}] with changed settings: "
                 + ", ".join(f"{k} {v['was']!r} -> {v['now']!r}" for k, v in changed.items()))
@@ -215,13 +227,13 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
             strategy.finish()
         update = info["update"]
         eval_started = time.perf_counter()
-        for i in range(t + 1):
-            accuracy[t, i] = evaluate(model, family, tasks[i], config.eval_batch_size, accelerator=accelerator)
+        _evaluate_seen(model, family, ranker, tasks, t, config, accelerator, accuracy, results)
         eval_seconds = time.perf_counter() - eval_started
         if update is not None and spec.jump:
             masks.append({name: mask.cpu() for name, mask in update.masks().items()})
             _record_sparsity(results, label, update, info["thresholds"], masks)
             results["threshold_trace"][label] = info["threshold_trace"]
+            results["gate"][label] = info["gate"]
         results["losses"][label] = info["losses"]
         results["timing"]["tasks"][label] = {"train_s": round(info["seconds"], 3), "eval_s": round(eval_seconds, 3),
                                             "steps": info["steps"]}
@@ -248,6 +260,34 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
     if config.log_with:
         accelerator.end_training()
     return results, model
+
+
+def _evaluate_seen(model, family, ranker, tasks, t, config, accelerator, accuracy, results) -> None:
+    """Row t of the accuracy matrix (and of the answer origins; with ``ranker``, of the ranked
+    accuracy matrix too): every task seen so far, after training task t."""
+    labels = {task.name: task.labels for task in tasks}
+    for i in range(t + 1):
+        others = {name: values for name, values in labels.items() if name != tasks[i].name}
+        accuracy[t, i], results["answer_origins"][t][i] = evaluate_answers(
+            model, family, tasks[i], config.eval_batch_size, others, accelerator=accelerator)
+    if ranker is not None:
+        ranked = metrics.accuracy_matrix_from_json(results.get("rank_accuracy_matrix") or
+                                                   [[None] * len(tasks) for _ in tasks])
+        for i in range(t + 1):
+            ranked[t, i] = evaluate(model, ranker, tasks[i], config.eval_batch_size, accelerator=accelerator)
+        results["rank_accuracy_matrix"] = metrics.accuracy_matrix_to_json(ranked)
+        results["rank_metrics"] = metrics.run_metrics(ranked, t + 1)
+
+
+def _ranker(config, family):
+    """With ``also_rank``, the causal family that scores by ranking the options, else None."""
+    if not config.also_rank:
+        return None
+    if family.name != "causal" or family.mode != "generate":
+        raise JumploraError(f"--also-rank scores a generating causal model a second way, but this run's model "
+                            f"is {family.name}" + (" scored by rank already" if family.name == "causal" else "")
+                            + ": drop --also-rank")
+    return CausalFamily(family.tokenizer, family.max_source_length, mode="rank")
 
 
 def _flat(values: dict) -> dict:
@@ -347,36 +387,26 @@ def single_task_baselines(config, method, seed, tasks, accelerator, log) -> list
 def _load(config, accelerator):
     options = {"max_source_length": config.max_source_length,
                "dtype": torch.bfloat16 if config.precision == "bf16-base" else torch.float32}
-    family_name = config.family
-    model_path = config.model or bundled_model_path()
-    model, tokenizer, family = load_model(model_path, family=family_name, trust_remote_code=config.trust_remote_code,
-                                          **options, **_family_options(config, model_path, family_name))
+    source = resolve_model(config.model)
+    model, tokenizer, family = load_model(source, family=config.family, trust_remote_code=config.trust_remote_code,
+                                          **options, **_family_options(config, source))
     return model.to(accelerator.device), tokenizer, family
 
 
-def _family_options(config, model_path, family_name) -> dict:
+def _family_options(config, source) -> dict:
     # Only the options of the model's own family: load_model checks them against it.
-    from transformers import AutoConfig
-
     from jumplora.families import detect_family
 
-    if family_name is None:
-        try:
-            model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
-        except (OSError, ValueError):
-            raise JumploraError(
-                f"cannot load model {model_path!r}: no such local folder and it is not a model id on the hub "
-                "you can reach; pass --model PATH"
-            ) from None
-    name = family_name or detect_family(model_config)
+    name = config.family or detect_family(load_config(source, config.trust_remote_code))
     return {"causal": {"mode": config.causal_mode}, "encoder": {"temperature": config.encoder_temperature}}.get(name, {})
 
 
 def _empty_results(config, method, seed, tasks) -> dict:
     return {
-        "tasks": [t.name for t in tasks], "method": method, "model": config.model or "all-MiniLM-L6-v2 (bundled)",
+        "tasks": [t.name for t in tasks], "method": method, "model": resolve_model(config.model).label,
         "seed": seed, "accuracy_matrix": None, "metrics": {}, "single_task_accuracy": None,
         "sparsity": {}, "mean_sparsity": {}, "thresholds": {}, "threshold_trace": {}, "jaccard": {"mean_with_previous": [], "per_layer": {}},
+        "gate": {}, "answer_origins": [[None] * len(tasks) for _ in tasks],
         "losses": {}, "dropped": {t.name: t.dropped for t in tasks}, "config": config.to_dict(),
         "timing": {"tasks": {}}, "finished_tasks": 0, "collapsed": [],
     }

@@ -125,6 +125,7 @@ def train_task(
             accelerator.log(scalars, step=first_step + step)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     thresholds = strategy.thresholds()
+    gate = strategy.gate_trace()
     # τ per group per step, e.g. {"model": [...]}: one transfer at the end of the task.
     threshold_trace = dict(zip(thresholds, torch.stack(trace).t().tolist())) if trace else {}
     accelerator.free_memory()
@@ -134,6 +135,7 @@ def train_task(
         "losses": losses,
         "thresholds": thresholds,
         "threshold_trace": threshold_trace,
+        "gate": gate,
         "steps": len(plan),
         "seconds": time.perf_counter() - started,
     }

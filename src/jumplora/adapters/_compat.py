@@ -78,3 +78,45 @@ def block_index(module_name: str) -> int | None:
     """The index of that block (0 = nearest the input), or None for a module in no block."""
     match = _BLOCK.match(module_name)
     return int(match.group(2)) if match else None
+
+
+def forget_gguf_quantization(model: nn.Module) -> None:
+    """Unmark a model that transformers dequantised from a GGUF file as quantised.
+
+    Its weights are ordinary floating-point tensors once loaded, but transformers keeps the GGUF
+    quantizer on the model and in its config, and then refuses ``save_pretrained``. Without the
+    marking the merged model saves as plain safetensors that any transformers reads.
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def takes_logit_positions(model: nn.Module) -> bool:
+    """Whether ``model`` (a causal LM, possibly wrapped by DDP or torch.compile) computes logits
+    only at given positions: ``logits_to_keep`` as a (batch, positions) tensor, which transformers
+    reads through ``modeling_utils.slice_logits_to_keep`` (5.x)."""
+    import inspect
+
+    from transformers import modeling_utils
+
+    inner = getattr(model, "_orig_mod", model)  # torch.compile
+    inner = getattr(inner, "module", inner)  # DistributedDataParallel
+    return (hasattr(modeling_utils, "slice_logits_to_keep")
+            and "logits_to_keep" in inspect.signature(inner.forward).parameters)
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The name of the KV-cache argument of the model's forward (``past_key_values`` before
+    transformers renamed it ``cache``)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(output):
+    """The KV cache an output carries, under either name."""
+    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)

@@ -31,6 +31,9 @@ class AdapterSet:
         self.schedule: JumpSchedule | None = None
         self.step = 0
         self.thresholds_ready = False
+        # The gate where the schedule turns: "s_start" (τ just initialised, k/n kept by construction)
+        # and "s_final" (γ reaches 1), each {"kept": kept_fractions(), "tau": thresholds()}.
+        self.gate_trace: dict[str, dict[str, dict[str, float]]] = {}
         self._stack_cache: dict = {}
         names = self.target_names(model, self.config)
         self.groups = self._make_groups(names) if self.config.kind == "jumplora" else {}
@@ -87,6 +90,7 @@ class AdapterSet:
         """Start the schedule of a task of ``num_steps`` optimiser steps (γ = 0, τ not yet set)."""
         self.schedule = JumpSchedule(num_steps, self.config.start_fraction, self.config.final_fraction)
         self.thresholds_ready = False
+        self.gate_trace = {}
         self.set_step(0)
 
     def set_step(self, step: int) -> None:
@@ -98,6 +102,9 @@ class AdapterSet:
         self.step = step
         if step >= self.schedule.start and not self.thresholds_ready and self._has_update():
             self.initialise_thresholds()
+            self.gate_trace["s_start"] = self.gate_state()
+        if step == self.schedule.final and self.thresholds_ready and "s_final" not in self.gate_trace:
+            self.gate_trace["s_final"] = self.gate_state()
         # Until τ is set the gate cannot act: a task whose S_start comes before ΔW has left zero
         # (S_start = 0 in very short tasks, where B is still all zeros) starts it one step later.
         gamma = self.schedule.gamma(step) if self.thresholds_ready else 0.0
@@ -142,6 +149,26 @@ class AdapterSet:
             values[key] = float(tau)
         self.thresholds_ready = True
         return values
+
+    @torch.no_grad()
+    def kept_fractions(self) -> dict[str, float]:
+        """Per group, the fraction of its entries the gate keeps now: Σ 1[|ΔW| > τ] / n.
+
+        At S_start it is k/n (the initialisation); afterwards it grows when |ΔW| grows faster than τ,
+        and its value at the end of the task is 1 − the merged update's sparsity.
+        """
+        kept: dict[str, list[torch.Tensor]] = {}
+        for name, layer in self.layers.items():
+            delta = layer.delta()
+            kept.setdefault(self._group_key(name), []).append(
+                torch.stack([(delta.abs() > layer.threshold()).sum().double(),
+                             torch.tensor(float(delta.numel()), dtype=torch.float64, device=delta.device)]))
+        totals = {key: torch.stack(pairs).sum(0).tolist() for key, pairs in kept.items()}
+        return {key.replace("/", "."): float(k / n) for key, (k, n) in totals.items()}
+
+    def gate_state(self) -> dict[str, dict[str, float]]:
+        """``{"kept": kept_fractions(), "tau": thresholds()}``, per group."""
+        return {"kept": self.kept_fractions(), "tau": self.thresholds()}
 
     @torch.no_grad()
     def thresholds(self) -> dict[str, float]:

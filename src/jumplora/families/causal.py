@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from jumplora.adapters import _compat
 from jumplora.data.tasks import Example, Task
 from jumplora.errors import JumploraError
 from jumplora.families.base import Family, match_label, pad, padded_inputs, to_device
@@ -24,6 +26,11 @@ class CausalFamily(Family):
     The whole sequence fits in ``max_source_length`` tokens: a long prompt loses tokens on the
     left, so the options, the sentence's end and the ``Answer:`` cue survive and the label always fits.
 
+    Only the label tokens are targets, so by default (``label_only_loss``) the language-model head
+    runs only at the positions that predict them: a few per example instead of every position of
+    the sequence times the vocabulary (16×128 positions × 49,152 entries per step for SmolLM2). The
+    loss is the same; models whose forward cannot keep given positions get the full-logit loss.
+
     ``mode="generate"`` (default) decodes greedily from the left-padded prompts (KV cache on) and
     maps the text to a label by :func:`match_label`. ``mode="rank"`` returns the option ``j`` with
     the largest log-likelihood Σ_t log p(o_{j,t} | prompt, o_{j,<t}) of its target tokens.
@@ -31,11 +38,12 @@ class CausalFamily(Family):
 
     name = "causal"
 
-    def __init__(self, tokenizer, max_source_length: int = 512, mode: str = "generate"):
+    def __init__(self, tokenizer, max_source_length: int = 512, mode: str = "generate", label_only_loss: bool = True):
         super().__init__(tokenizer, max_source_length)
         if mode not in MODES:
             raise JumploraError(f"unknown causal prediction mode {mode!r}: use one of {', '.join(MODES)}")
         self.mode = mode
+        self.label_only_loss = label_only_loss
         if tokenizer.pad_token is None:
             # Padding is masked out everywhere, so any token serves; EOS is what decoder-only models use.
             tokenizer.pad_token = tokenizer.eos_token
@@ -62,16 +70,32 @@ class CausalFamily(Family):
         return [self.prefix + row[-room:] for row in ids]
 
     def collate(self, task: Task, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        """Right-padded ``prompt + label`` ids; ``labels`` = -100 on the prompt and the padding."""
+        """Right-padded ``prompt + label`` ids; ``labels`` = -100 on the prompt and the padding.
+
+        For the label-only loss also ``target_positions`` (batch, W), W the longest target: row i,
+        column j is the position whose logits predict target token j (prompt length − 1 + j), and
+        ``targets`` those tokens, -100 where a row's target is shorter (its last position repeated).
+        """
         prompts = self.prompt_ids(task, examples)
         targets = self.label_ids([example.label for example in examples])
         sequences = [prompt + target for prompt, target in zip(prompts, targets)]
         labels = [[-100] * len(prompt) + target for prompt, target in zip(prompts, targets)]
-        return {**padded_inputs(sequences, self.tokenizer.pad_token_id), "labels": pad(labels, -100)}
+        width = max(map(len, targets))
+        positions = [[len(prompt) - 1 + min(j, len(target) - 1) for j in range(width)]
+                     for prompt, target in zip(prompts, targets)]
+        return {**padded_inputs(sequences, self.tokenizer.pad_token_id), "labels": pad(labels, -100),
+                "target_positions": torch.tensor(positions), "targets": pad(targets, -100)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model's own shifted next-token loss over the non -100 labels."""
-        return model(**to_device(batch, model)).loss
+        """Mean cross-entropy of the label tokens: from logits at the target positions only, or
+        (``label_only_loss=False``, or a model that cannot keep positions) the model's own
+        shifted next-token loss over the non -100 labels, which computes every position's logits."""
+        batch = to_device(batch, model)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if not (self.label_only_loss and _compat.takes_logit_positions(model)):
+            return model(**inputs, labels=batch["labels"]).loss
+        logits = model(**inputs, logits_to_keep=batch["target_positions"]).logits  # (batch, W, vocab)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
 
     def prepare(self, model: nn.Module, task: Task) -> list[list[int]]:
         """The target ids of the task's options (the generation budget is the longest of them)."""
@@ -105,20 +129,32 @@ class CausalFamily(Family):
     ) -> torch.Tensor:
         """``[len(prompt_ids), len(options)]``: Σ_t log p(o_{j,t} | prompt_i, o_{j,<t}).
 
-        One forward over every (prompt, option) pair. The rows are left-padded so every option ends
-        in the last column; only the last ``longest option + 1`` positions get logits, which keeps the
-        vocabulary-sized output small. Position ids count real tokens only, so padding does not shift
-        them.
+        The prompts go through the model once, left-padded so that they all end in the last column,
+        keeping their KV cache and only the last position's logits (which score each option's first
+        token). The cache is then repeated once per option and every option continues every prompt
+        in a second forward over a few tokens (options right-padded; the padding comes after the real
+        tokens, so nothing real attends to it). Position ids count real tokens only.
         """
-        rows = [prompt + option for prompt in prompt_ids for option in options]
-        inputs = to_device(padded_inputs(rows, self.tokenizer.pad_token_id, left=True), model)
+        pad_id = self.tokenizer.pad_token_id
+        inputs = to_device(padded_inputs(prompt_ids, pad_id, left=True), model)
         mask = inputs["attention_mask"]
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        width = max(map(len, options))
-        logits = model(**inputs, position_ids=position_ids, logits_to_keep=width + 1).logits[:, :-1]
-        targets = inputs["input_ids"][:, -width:]
-        log_probs = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        # Option j fills the last len(o_j) of the `width` target columns.
-        lengths = torch.tensor([len(option) for option in options], device=mask.device).repeat(len(prompt_ids))
-        is_option = torch.arange(width, device=mask.device) >= (width - lengths).unsqueeze(-1)
-        return log_probs.masked_fill(~is_option, 0.0).sum(-1).view(len(prompt_ids), len(options))
+        prompted = model(**inputs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        first = prompted.logits[:, -1].float().log_softmax(-1)  # (prompts, vocab): the next token's
+        n, k, width = len(prompt_ids), len(options), max(map(len, options))
+        cache = _compat.output_cache(prompted)
+        cache.batch_repeat_interleave(k)  # row i·k + j: prompt i, option j
+        option_inputs = to_device(padded_inputs(options, pad_id), model)
+        ids = option_inputs["input_ids"].repeat(n, 1)  # (n·k, width)
+        real = option_inputs["attention_mask"].repeat(n, 1)
+        continued = model(
+            input_ids=ids,
+            attention_mask=torch.cat([mask.repeat_interleave(k, 0), real], 1),
+            position_ids=position_ids[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(width, device=ids.device),
+            use_cache=True,
+            **{_compat.cache_keyword(model): cache},
+        )
+        log_probs = continued.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        total = first.repeat_interleave(k, 0).gather(-1, ids[:, :1]).squeeze(-1)
+        total = total + log_probs.masked_fill(real[:, 1:] == 0, 0.0).sum(-1)
+        return total.view(n, k)

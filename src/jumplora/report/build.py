@@ -26,6 +26,8 @@ from jumplora.report.sparsity_plots import sparsity_depth, sparsity_overlap
 from jumplora.report.style import method_colors
 from jumplora.report.tables import (
     ablation_table,
+    gate_table,
+    generative_table,
     method_sort_key,
     methods,
     oa_table,
@@ -96,6 +98,11 @@ def _tables(runs: list[Run]) -> list[Block]:
               Heading("Table 2: backward and forward transfer"), transfer_table(runs),
               Heading("Table 3: JumpLoRA + ELLA ablation")]
     blocks.append(ablation or Paragraph("No complete jumplora+ella run: the ablation table is omitted."))
+    generative, gate = generative_table(runs), gate_table(runs)
+    if generative is not None:
+        blocks += [Heading("Generated and ranked answers"), generative]
+    if gate is not None:
+        blocks += [Heading("The gate per task"), gate]
     return [*blocks, Heading("Runs"), runs_table(runs)]
 
 

@@ -193,6 +193,9 @@ OPTIONAL_FIELDS = {
     ("jaccard", "mean_with_previous"): ("list", OPTIONAL_NUMBER),
     ("chosen_lambda",): ("list", NUMBER),
     ("resumes",): ("list", RESUME),
+    ("rank_accuracy_matrix",): ("list", ("list", OPTIONAL_NUMBER)),
+    ("answer_origins",): ("list", ("list", ("optional", ("map", NUMBER)))),
+    ("gate",): ("map", ("map", ("map", ("map", NUMBER)))),
 }
 
 
@@ -211,6 +214,8 @@ def _fits(value, shape) -> bool:
         return (value is None and shape == OPTIONAL_NUMBER) or (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
     kind, inner = shape
+    if kind == "optional":
+        return value is None or _fits(value, inner)
     if kind == "list":
         return isinstance(value, list) and all(_fits(v, inner) for v in value)
     return isinstance(value, dict) and all(_fits(v, inner) for v in value.values())
@@ -222,6 +227,8 @@ def _describe(shape) -> str:
         return {NUMBER: "a number", OPTIONAL_NUMBER: "a number or null", TEXT: "a name", ANY: "anything",
                 RESUME: "a resume record"}[shape]
     kind, inner = shape
+    if kind == "optional":
+        return f"null or {_describe(inner)}"
     return f"{'a list' if kind == 'list' else 'an object'} of {_plural(inner)}"
 
 
@@ -230,4 +237,6 @@ def _plural(shape) -> str:
         return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", TEXT: "names", ANY: "values",
                 RESUME: "{after_task, changed: {setting: {was, now}}} records"}[shape]
     kind, inner = shape
+    if kind == "optional":
+        return f"nulls or {_plural(inner)}"
     return f"{'lists' if kind == 'list' else 'objects'} of {_plural(inner)}"

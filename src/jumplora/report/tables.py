@@ -112,6 +112,75 @@ def ablation_table(runs: list[Run]) -> Table | None:
     return Table(header, rows, caption)
 
 
+def generative_table(runs: list[Run]) -> Table | None:
+    """Forgetting of a generating model, two ways: the answers generated (exact match, the paper's
+    protocol) and the options ranked by likelihood (what the model still knows of a task when a
+    later task's labels have taken over its answers); and where the earlier tasks' generated answers
+    at the end come from. None when no complete run was also ranked (``--also-rank``)."""
+    ranked = [run for run in runs if run.complete and run.results.get("rank_accuracy_matrix")]
+    if not ranked:
+        return None
+    values: dict[tuple, list[list]] = {}
+    for run in ranked:
+        rank = metrics.run_metrics(metrics.accuracy_matrix_from_json(run.results["rank_accuracy_matrix"]), run.finished)
+        foreign, text = foreign_answers(run)
+        cells = [run_metrics(run)["oa"], run_metrics(run)["bwt"], rank["oa"], rank["bwt"], foreign, text]
+        values.setdefault((run.stream.label, run.method), []).append(cells)
+    rows = []
+    for (stream, method), cells in sorted(values.items(), key=lambda kv: (kv[0][0], method_sort_key(kv[0][1]))):
+        rows.append([stream, method, *(_cell(summarize(list(column))) for column in zip(*cells))])
+    header = ["Stream", "Method", "OA generated", "BWT generated", "OA ranked", "BWT ranked",
+              "earlier tasks: another task's label %", "earlier tasks: no label %"]
+    caption = ("Generated: the answer is generated and scored by exact match (the paper's protocol). Ranked: the "
+               "option with the largest likelihood is the answer (still no task id). The last two columns: of the "
+               "answers generated for the earlier tasks after the last task, the share that is a label of another "
+               "task of the stream (a later task's vocabulary taking over) and the share that is no task's label. "
+               "Mean ± sample std over seeds.")
+    return Table(header, rows, caption, text_columns=2)
+
+
+def foreign_answers(run: Run) -> tuple[float | None, float | None]:
+    """Percent of the generated answers for tasks 0..T-2 after the last task that are another task's
+    label, and that are no task's label (None without the record)."""
+    last = (run.results.get("answer_origins") or [[]])[run.finished - 1][: run.finished - 1]
+    counts = [c for c in last if c]
+    total = sum(sum(c.values()) for c in counts)
+    if not counts or not total:
+        return None, None
+    foreign = sum(v for c in counts for k, v in c.items() if k not in ("own", "other"))
+    return 100 * foreign / total, 100 * sum(c["other"] for c in counts) / total
+
+
+def gate_table(runs: list[Run]) -> Table | None:
+    """Per JumpLoRA method and task: the fraction of ΔW's entries the gate keeps at S_start (k/n by
+    construction), at S_final and at the end, and τ at S_start and at the end (mean over groups,
+    then over seeds). None when no run recorded it."""
+    values: dict[tuple, list[list[float]]] = {}
+    for run in runs:
+        for task, points in (run.results.get("gate") or {}).items():
+            if "s_start" not in points:
+                continue
+            cells = [100 * np.mean(list(points.get(p, {}).get("kept", {}).values() or [np.nan]))
+                     for p in ("s_start", "s_final", "end")]
+            cells += [np.mean(list(points[p]["tau"].values())) for p in ("s_start", "end")]
+            values.setdefault((run.stream.label, run.method, task), []).append(cells)
+    if not values:
+        return None
+    order = {key: i for i, key in enumerate(values)}  # tasks in stream order
+    rows = []
+    for key in sorted(values, key=lambda k: (k[0], method_sort_key(k[1]), order[k])):
+        columns = list(zip(*values[key]))
+        kept = [_cell(summarize([v for v in c if not np.isnan(v)])) for c in columns[:3]]
+        rows.append([*key, *kept, *(f"{np.mean(c):.2e}" for c in columns[3:])])
+    header = ["Stream", "Method", "Task", "kept % at S_start", "kept % at S_final", "kept % at the end",
+              "τ at S_start", "τ at the end"]
+    caption = ("The gate of each task: the fraction of ΔW's entries with |ΔW| > τ (the merged update keeps those "
+               "at the end; sparsity = 100 − kept). τ is initialised at S_start so that k = r·(d_in + d_out) "
+               "entries per group pass; afterwards kept grows when |ΔW| grows faster than τ moves. Mean ± sample "
+               "std over seeds (τ: mean).")
+    return Table(header, rows, caption, text_columns=3)
+
+
 def runs_table(runs: list[Run]) -> Table:
     """Every run with its own numbers, incomplete ones included (over the tasks they finished)."""
     lambdas = any("chosen_lambda" in run.results for run in runs)

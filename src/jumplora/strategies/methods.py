@@ -98,6 +98,11 @@ class Strategy:
         """τ of every group as one detached tensor on the device (no host sync), or None."""
         return None
 
+    def gate_trace(self) -> dict[str, dict[str, dict[str, float]]]:
+        """JumpLoRA: the kept fraction and τ per group at S_start, S_final and now (the end of the
+        task): ``{"s_start": {"kept": {...}, "tau": {...}}, "s_final": ..., "end": ...}``."""
+        return {}
+
     def state(self) -> dict[str, torch.Tensor]:
         """The method's own tensors that a checkpoint must keep (besides the model's weights)."""
         return {}
@@ -175,6 +180,11 @@ class AdapterStrategy(Strategy):
 
     def thresholds(self) -> dict[str, float]:
         return self.adapters.thresholds() if self.adapters is not None else {}
+
+    def gate_trace(self) -> dict[str, dict[str, dict[str, float]]]:
+        if self.adapters is None or not self.adapters.gate_active:
+            return {}
+        return {**self.adapters.gate_trace, "end": self.adapters.gate_state()}
 
     def changed_weights(self) -> set[str] | None:
         # Between tasks the adapters are merged: only the adapted layers' weights differ from the
