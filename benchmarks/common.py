@@ -212,19 +212,16 @@ def _cell(value) -> str:
     return str(value)
 
 
-@contextmanager
 def layer_kernels(device: torch.device, compiled: bool | None):
-    """Run the block with JumpLoRA's elementwise kernels compiled (True) or eager (False) on
-    ``device``; None leaves the library's default (compiled on CUDA, eager elsewhere)."""
-    from jumplora.adapters.layer import KERNELS
+    """The :class:`~jumplora.adapters.Kernels` of an adapter set whose elementwise kernels run
+    compiled (True) or eager (False) on ``device``; None leaves the library's default (compiled on
+    CUDA, eager elsewhere)."""
+    from jumplora.adapters import Kernels
 
-    before = set(KERNELS.compile_on)
-    if compiled is not None:
-        KERNELS.compile_on = before | {device.type} if compiled else before - {device.type}
-    try:
-        yield
-    finally:
-        KERNELS.compile_on = before
+    if compiled is None:
+        return None
+    default = Kernels().compile_on
+    return Kernels(frozenset(default | {device.type} if compiled else default - {device.type}))
 
 
 def other_kernels(device: torch.device) -> tuple[str, bool]:

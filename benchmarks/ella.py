@@ -118,23 +118,24 @@ def count_ops(fn) -> int:
 def olora_strategy(model_name: str, quick: bool, device: torch.device, past_tasks: int):
     """O-LoRA's strategy on the model's adapters, with ``past_tasks`` random earlier A per layer."""
     from jumplora.config import RunConfig
-    from jumplora.strategies.methods import make_strategy, parse_method
+    from jumplora.strategies.methods import make_strategy
+    from jumplora.strategies.registry import parse_method
 
     adapters, _ = build(model_name, quick, device, "lora")
-    config = RunConfig(methods=["olora"], r=8, alpha=32.0, olora_lambda=0.5)
+    config = RunConfig.from_dict(dict(methods=["olora"], r=8, alpha=32.0, olora_lambda=0.5))
     strategy = make_strategy(parse_method("olora"), adapters.model, config, num_tasks=past_tasks + 1)
-    strategy.adapters, strategy.index = adapters, past_tasks
+    strategy._adapters, strategy.index = adapters, past_tasks
     generator = torch.Generator(device).manual_seed(1)
-    strategy.past_A = {name: [torch.randn(layer.lora_A.shape, device=device, generator=generator) * 0.1
+    strategy.regulariser.past_A = {name: [torch.randn(layer.lora_A.shape, device=device, generator=generator) * 0.1
                               for _ in range(past_tasks)] for name, layer in adapters.layers.items()}
     return strategy
 
 
 def olora_loop(strategy) -> torch.Tensor:
     """λ₁ Σ_layers Σ_{i<t} ‖A_i·A_tᵀ‖²_F one layer and past task at a time (jumplora 0.1)."""
-    return strategy.config.olora_lambda * sum(
+    return strategy.config.weights.olora_lambda * sum(
         (past @ layer.lora_A.t()).square().sum()
-        for name, layer in strategy.adapters.layers.items() for past in strategy.past_A[name])
+        for name, layer in strategy.adapters.layers.items() for past in strategy.regulariser.past_A[name])
 
 
 def compare(label: str, ways: dict, adapters: AdapterSet, gamma, device, iters: int, warmup: int, profile) -> list[dict]:

@@ -47,10 +47,10 @@ KEPT_FRACTION = 0.1
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}
 
 
-def make_ours(base: nn.Linear, fused: bool, gamma: float, seed: int = 0) -> AdaptedLinear:
+def make_ours(base: nn.Linear, fused: bool, gamma: float, seed: int = 0, kernels=None) -> AdaptedLinear:
     torch.manual_seed(seed)  # the same A and B for every layer built from the same seed
     config = AdapterConfig(kind="jumplora", r=8, alpha=32, dropout=0.0, fused=fused)
-    layer = AdaptedLinear(base, config, ThresholdGroup(-4.7, base.weight.device))
+    layer = AdaptedLinear(base, config, ThresholdGroup(-4.7, base.weight.device), kernels=kernels)
     nn.init.normal_(layer.lora_B, std=0.02)
     with torch.no_grad():
         magnitudes = layer.delta().abs().flatten()
@@ -125,7 +125,7 @@ def main() -> None:
     x = torch.randn(batch, seq, d, device=device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(batch, seq, d, device=device, dtype=dtype)
 
-    # name: (γ, layer, the kernels' mode: None = the library's default on the device)
+    # name: (γ, layer, its Kernels when not the library's default on the device)
     layers = {"peft lora": (None, make_peft(base, make_ours(base, True, 0.0)), None)}
     for gamma in GAMMAS:
         for fused in (True, False):
@@ -133,7 +133,8 @@ def main() -> None:
     if args.kernels:
         label, compiled_kernels = common.other_kernels(device)
         for gamma in GAMMAS[1:]:
-            layers[f"jumplora fused γ={gamma}, {label}"] = (gamma, make_ours(base, True, gamma), compiled_kernels)
+            kernels = common.layer_kernels(device, compiled_kernels)
+            layers[f"jumplora fused γ={gamma}, {label}"] = (gamma, make_ours(base, True, gamma, kernels=kernels), kernels)
 
     tolerance = TOLERANCE[args.dtype]
     for gamma in GAMMAS:
@@ -153,10 +154,9 @@ def main() -> None:
     for name, (gamma, layer, kernels) in layers.items():
         if kernels is not None:  # the other kernels must compute what the default ones do
             want = outputs(layers[f"jumplora fused γ={gamma}"][1], x, grad_out)
-            with common.layer_kernels(device, kernels):
-                check_close(name, outputs(layer, x, grad_out), want, tolerance)
+            check_close(name, outputs(layer, x, grad_out), want, tolerance)
         common.free_memory(device)
-        with common.peak_memory(device) as peak, common.layer_kernels(device, kernels):
+        with common.peak_memory(device) as peak:
             times = common.time_ms(lambda: step(layer, x, grad_out), device, iters, warmup)
             if args.profile and args.profile in name:
                 common.profile(name, lambda: step(layer, x, grad_out), device)

@@ -56,7 +56,7 @@ CONFIGURATIONS = [
 
 
 def build(quick: bool, device: torch.device, adapter: str, gamma: float | None, bf16_base: bool,
-          sizes: dict | None = None):
+          sizes: dict | None = None, kernels=None):
     """A fresh T5 (seed 0) with its adapters; returns the model and its trainable parameters."""
     model = common.t5(quick, device, sizes).train()
     if adapter == "peft":
@@ -66,7 +66,7 @@ def build(quick: bool, device: torch.device, adapter: str, gamma: float | None, 
     model.requires_grad_(False)
     if bf16_base:
         model.to(torch.bfloat16)  # before AdapterSet: the adapters it creates are fp32
-    adapters = AdapterSet(model, AdapterConfig(kind="jumplora", r=8, alpha=32))
+    adapters = AdapterSet(model, AdapterConfig(kind="jumplora", r=8, alpha=32), kernels=kernels)
     for layer in adapters.layers.values():
         nn.init.normal_(layer.lora_B, std=0.02)  # a ΔW that is not zero, as after some training
     adapters.begin_task(1000)
@@ -127,8 +127,8 @@ def main() -> None:
         configurations = [c for c in configurations if c[0] in baselines or any(w in c[0] for w in wanted)]
     for name, adapter, gamma, bf16_base, autocast, compiled, kernels in configurations:
         common.free_memory(device)
-        with common.peak_memory(device) as peak, common.layer_kernels(device, kernels):
-            model, params = build(args.quick, device, adapter, gamma, bf16_base, sizes)
+        with common.peak_memory(device) as peak:
+            model, params = build(args.quick, device, adapter, gamma, bf16_base, sizes, common.layer_kernels(device, kernels))
             if compiled:
                 model = torch.compile(model)
             optimizer = torch.optim.AdamW(params, lr=1e-3)

@@ -2,6 +2,8 @@
 
 Each function returns a fresh ``(model, tokenizer)`` with the same seed-0 weights on every call;
 the tokenizers are loaded once per process. The tiny models have no dropout; MiniLM keeps its own.
+Their tokenizer is ``tests/assets/tiny-tokenizer`` (1,000 tokens in T5's layout: pad 0, eos 1,
+no BOS), so they need neither a download nor the shared folder.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import torch
 from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers import T5Config, T5ForConditionalGeneration
 
-T5_TOKENIZER = str(Path(__file__).resolve().parents[2] / "shared" / "models" / "t5-tokenizer")
+TINY_TOKENIZER = str(Path(__file__).resolve().parent / "assets" / "tiny-tokenizer")
 
 
 @lru_cache(maxsize=None)
-def t5_tokenizer():
-    """The real T5 sentencepiece tokenizer (pad 0, eos 1, no bos)."""
-    return AutoTokenizer.from_pretrained(T5_TOKENIZER)
+def tiny_tokenizer():
+    """A T5-like BPE tokenizer of 1,000 tokens (pad 0, eos 1, no bos; tests/assets/make_tiny_tokenizer.py)."""
+    return AutoTokenizer.from_pretrained(TINY_TOKENIZER)
 
 
 @lru_cache(maxsize=None)
@@ -29,24 +31,24 @@ def minilm_tokenizer():
 
 
 def _decoder_ids(tokenizer) -> dict:
-    # The T5 tokenizer has no BOS; generation must stop at the tokenizer's EOS.
+    # The tokenizer has no BOS; generation must stop at the tokenizer's EOS.
     return {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None}
 
 
 def tiny_t5():
-    """t5-small's config shrunk to d_model 32, 2+2 layers, 2 heads, d_ff 64."""
-    tokenizer = t5_tokenizer()
-    config = T5Config.from_pretrained(
-        T5_TOKENIZER, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
-        vocab_size=len(tokenizer), dropout_rate=0.0,
+    """T5 with d_model 32, 2+2 layers, 2 heads, d_ff 64."""
+    tokenizer = tiny_tokenizer()
+    config = T5Config(
+        d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, vocab_size=len(tokenizer),
+        dropout_rate=0.0, feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
     torch.manual_seed(0)
     return T5ForConditionalGeneration(config), tokenizer
 
 
 def tiny_llama():
-    """Llama with hidden 32, 2 layers, 4 heads (2 key/value heads), on the T5 vocabulary."""
-    tokenizer = t5_tokenizer()
+    """Llama with hidden 32, 2 layers, 4 heads (2 key/value heads), on the tiny tokenizer."""
+    tokenizer = tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **_decoder_ids(tokenizer),
@@ -56,8 +58,8 @@ def tiny_llama():
 
 
 def tiny_gpt2():
-    """GPT-2 with 32-wide embeddings, 2 layers, 2 heads, on the T5 vocabulary."""
-    tokenizer = t5_tokenizer()
+    """GPT-2 with 32-wide embeddings, 2 layers, 2 heads, on the tiny tokenizer."""
+    tokenizer = tiny_tokenizer()
     config = GPT2Config(
         vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **_decoder_ids(tokenizer),

@@ -17,7 +17,8 @@ from jumplora.data.stream import resolve_stream
 from transformers import AutoTokenizer
 
 from jumplora.families import EncoderFamily
-from jumplora.runner import evaluate, run_stream
+from jumplora.evaluation import evaluate
+from jumplora.loop import run_stream
 from jumplora.train import make_accelerator
 
 model_dir, task_file, output, batch_size, method = sys.argv[1:6]
@@ -26,11 +27,12 @@ config = load_config(overrides={"model": model_dir, "task_file": task_file, "out
                                 "batch_size": int(batch_size), "learning_rate": 5e-3, "save_model": False,
                                 "lora_dropout": 0.0, "compile": backend})
 accelerator = make_accelerator("cpu", "fp32")
-tasks = resolve_stream(config)
+tasks = resolve_stream(config.data)
 _, model = run_stream(config, method, 0, tasks, accelerator, log=lambda *_: None)
 state = {k: v.contiguous() for k, v in model.state_dict().items()}
 save_file(state, f"{output}/rank{accelerator.process_index}-of-{accelerator.num_processes}.safetensors")
-family = EncoderFamily(AutoTokenizer.from_pretrained(model_dir), config.max_source_length, config.encoder_temperature)
+options = config.family_options
+family = EncoderFamily(AutoTokenizer.from_pretrained(model_dir), options.max_source_length, options.encoder_temperature)
 accuracy = {task.name: {"sharded": evaluate(model, family, task, 4, accelerator=accelerator),
                         "whole": evaluate(model, family, task, 4)} for task in tasks}
 with open(f"{output}/rank{accelerator.process_index}-of-{accelerator.num_processes}.json", "w") as f:

@@ -36,7 +36,7 @@ CASES = {
     "duplicate labels": (["--task-file", "{duplabels}"], "duplicates"),
     "bad yaml config": (["--config", "{badyaml}"], "not valid YAML"),
     "unknown config key": (["--config", "{unknownkey}"], "unknown configuration key(s) learning_rat"),
-    "unknown tracker": (["--log-with", "mlflow"], "unknown tracker(s) mlflow"),
+    "unknown tracker": (["--log-with", "mlflow"], "unknown tracker 'mlflow': use one of tensorboard, wandb"),
     "empty data file": (["--task-file", "{empty}"], "empty"),
     "malformed data file": (["--task-file", "{malformed}"], "line 2"),
     "task entry without path or hub": (["--task-file", "{nopath}"], "one of path (a file) or hub"),

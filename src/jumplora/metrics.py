@@ -114,16 +114,33 @@ def jaccard(mask_a, mask_b) -> float:
     return float(np.count_nonzero(a & b) / union) if union else 0.0
 
 
+def jaccard_matrix(masks_by_task: Sequence, known: Sequence[Sequence[float]] | None = None) -> list[list[float]]:
+    """J[s][t] = J(mask_s, mask_t) for every pair of one layer's masks across tasks (symmetric).
+
+    ``known``, the matrix of the first ``len(known)`` masks (from the task before), is reused: a
+    stream of T tasks then costs O(T) comparisons per task, not O(T²).
+    """
+    n = len(masks_by_task)
+    if known is None or len(known) != n - 1:
+        known = [[jaccard(a, b) for b in masks_by_task[: max(n - 1, 0)]] for a in masks_by_task[: max(n - 1, 0)]]
+    if n == 0:
+        return []
+    row = [jaccard(masks_by_task[-1], m) for m in masks_by_task]
+    return [list(values) + [row[i]] for i, values in enumerate(known)] + [row]
+
+
+def mean_with_previous(matrix: Sequence[Sequence[float]]) -> list[float | None]:
+    """Entry t = (1/t) Σ_{s<t} J[t][s] of a :func:`jaccard_matrix`; None for the first task."""
+    return [None if t == 0 else float(np.mean(row[:t])) for t, row in enumerate(matrix)]
+
+
 def mean_jaccard_with_previous(masks_by_task: Sequence) -> list[float | None]:
     """For the masks of one layer across tasks, entry t = (1/t) sum_{s<t} J(mask_t, mask_s).
 
     How much task t's active units overlap, on average, those of each earlier task; None for the
     first task, which has no earlier one.
     """
-    result: list[float | None] = [None] if masks_by_task else []
-    for t in range(1, len(masks_by_task)):
-        result.append(float(np.mean([jaccard(masks_by_task[t], masks_by_task[s]) for s in range(t)])))
-    return result
+    return mean_with_previous(jaccard_matrix(masks_by_task))
 
 
 def answer_origins(predictions: Sequence[str], labels: Sequence[str],

@@ -14,18 +14,39 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
+from jumplora.adapters import _compat
 from jumplora.data.tasks import Example, Task
 from jumplora.errors import JumploraError
 from jumplora.families import Family
+from jumplora.settings import check, setting
 from jumplora.strategies.methods import Strategy
 
 Batch = tuple[Task, list[Example]]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW over the trainable parameters, one pass over each task (the paper: lr 1e-3, no weight
+    decay, a constant learning rate, batch 32, one epoch)."""
+
+    TITLE: ClassVar[str] = "optimisation (the paper: AdamW, lr 1e-3, no weight decay, constant, batch 32, 1 epoch)"
+
+    learning_rate: float = setting(1e-3, "AdamW's learning rate", above=0)
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay", minimum=0)
+    warmup_steps: int = setting(0, "optimiser steps of linear warm-up at the start of each task", minimum=0)
+    batch_size: int = setting(32, "training examples per optimiser step", minimum=1)
+    epochs: int = setting(1, "passes over each task's training examples", minimum=1)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def make_accelerator(device: str, precision: str, log_with: list[str] | None = None,
@@ -82,8 +103,8 @@ def train_task(
         raise JumploraError(f"task {label} has no training examples")
     started = time.perf_counter()
     params = strategy.start_task(index, len(plan))
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = config.warmup_steps
+    optimizer = torch.optim.AdamW(params, lr=config.optim.learning_rate, weight_decay=config.optim.weight_decay)
+    warmup = config.optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     if config.compile:
@@ -91,30 +112,11 @@ def train_task(
         # operations per step (T5-large), which bound an eager step on a GPU. A new task's adapters
         # and each step's γ reuse the graphs already built (AdaptedLinear keeps γ in a tensor).
         wrapped = torch.compile(wrapped, backend=config.compile)
-    rank, world = accelerator.process_index, accelerator.num_processes
     losses, trace = [], []
     bar = tqdm(plan, desc=f"train {label}", unit="step", disable=not accelerator.is_local_main_process, leave=False)
     for step, (task, examples) in enumerate(bar):
-        strategy.set_step(step)
-        batch = family.collate(task, examples[rank::world] or examples[:1])
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast(), _compile_errors(config.compile):
-            loss = family.loss(wrapped, batch)
-            penalty = strategy.penalty()
-            total = loss if penalty is None else loss + penalty
-        # One device-to-host read per step for both numbers (each read waits for the queued work).
-        loss_value, total_value = torch.stack([loss.detach().float(), total.detach().float()]).tolist()
-        if not math.isfinite(total_value):
-            raise JumploraError(
-                f"the loss became {total_value} at step {step} of task {label}: lower the learning rate "
-                "or use --precision fp32"
-            )
-        with _compile_errors(config.compile):  # the backward graph is compiled at its first use
-            accelerator.backward(total)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss_value)
+        losses.append(_step(wrapped, family, strategy, optimizer, scheduler, accelerator, config.compile,
+                            task, examples, step, label))
         tau = strategy.threshold_tensor()
         if tau is not None:
             trace.append(tau)
@@ -130,15 +132,34 @@ def train_task(
     threshold_trace = dict(zip(thresholds, torch.stack(trace).t().tolist())) if trace else {}
     accelerator.free_memory()
     update = strategy.end_task(_fisher_losses(model, family, plan, accelerator))
-    return {
-        "update": update,
-        "losses": losses,
-        "thresholds": thresholds,
-        "threshold_trace": threshold_trace,
-        "gate": gate,
-        "steps": len(plan),
-        "seconds": time.perf_counter() - started,
-    }
+    return {"update": update, "losses": losses, "thresholds": thresholds, "threshold_trace": threshold_trace,
+            "gate": gate, "steps": len(plan), "seconds": time.perf_counter() - started}
+
+
+def _step(wrapped, family: Family, strategy: Strategy, optimizer, scheduler, accelerator: Accelerator,
+          backend: str | None, task: Task, examples: list[Example], step: int, label: str) -> float:
+    """One optimiser step on this process's share of the batch; returns the task loss (not the penalty)."""
+    strategy.set_step(step)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    batch = family.collate(task, examples[rank::world] or examples[:1])
+    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+    with accelerator.autocast(), _compile_errors(backend):
+        loss = family.loss(wrapped, batch)
+        penalty = strategy.penalty()
+        total = loss if penalty is None else loss + penalty
+    # One device-to-host read per step for both numbers (each read waits for the queued work).
+    loss_value, total_value = torch.stack([loss.detach().float(), total.detach().float()]).tolist()
+    if not math.isfinite(total_value):
+        raise JumploraError(
+            f"the loss became {total_value} at step {step} of task {label}: lower the learning rate "
+            "or use --precision fp32"
+        )
+    with _compile_errors(backend):  # the backward graph is compiled at its first use
+        accelerator.backward(total)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value
 
 
 @contextmanager
@@ -147,9 +168,7 @@ def _compile_errors(backend: str | None):
     try:
         yield
     except Exception as error:
-        from torch._dynamo.exc import TorchDynamoException
-
-        if backend is None or not isinstance(error, TorchDynamoException):
+        if backend is None or not isinstance(error, _compat.dynamo_error_types()):
             raise
         reason = (str(error).strip().splitlines() or [""])[0][:200]
         raise JumploraError(f"--compile {backend}: torch.compile failed on this model ({type(error).__name__}: "

@@ -1,8 +1,10 @@
-"""Everything that knows how transformers lays out its models, in one place.
+"""Everything that knows how transformers lays out its models, and its private API, in one place.
 
 Which modules are the attention query/value projections of each family, which module classes are
-linear maps (GPT-2's ``Conv1D`` stores its weight transposed), and how a module name tells its
-transformer block. When transformers renames things, this is the file to change.
+linear maps (GPT-2's ``Conv1D`` stores its weight transposed), how a module name tells its
+transformer block, which model types are encoders, how a GGUF-loaded model is unmarked, which
+forward arguments keep logits at given positions and carry the KV cache, the torch.compile
+backends and errors. When transformers or torch rename things, this is the file to change.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "distilbert": ("q_lin", "v_lin"),
     "gpt2": ("c_attn",),
 }
+
+# Bidirectional encoders. Several (bert, roberta, ...) also have a causal-LM class in transformers,
+# so they are recognised by name before the causal-LM table is asked.
+ENCODER_MODEL_TYPES = frozenset(
+    {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+     "xlm-roberta-xl", "camembert", "mpnet", "modernbert", "ernie", "nomic_bert", "mobilebert"}
+)
+
+# The attention projection a module name ends in, in each family's naming: q, k or v.
+PROJECTIONS = {"q": "q", "q_proj": "q", "query": "q", "k": "k", "k_proj": "k", "key": "k",
+               "v": "v", "v_proj": "v", "value": "v"}
 
 # `encoder.block.3.layer.0.SelfAttention.q` -> `encoder.block.3`; `model.layers.5.self_attn.q_proj`
 # -> `model.layers.5`; `encoder.layer.2.attention.self.query` -> `encoder.layer.2`; `transformer.h.1...`
@@ -120,3 +133,25 @@ def cache_keyword(model: nn.Module) -> str:
 def output_cache(output):
     """The KV cache an output carries, under either name."""
     return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+
+
+def compile_backends() -> list[str]:
+    """The torch.compile backends, the debugging ones (aot_eager, eager) included."""
+    import torch
+
+    return torch.compiler.list_backends(exclude_tags=())
+
+
+def has_causal_lm_class(model_type: str) -> bool:
+    """Whether transformers has a causal-LM class for ``model_type`` (its auto-model table, which
+    lives in a private module)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def dynamo_error_types() -> tuple[type, ...]:
+    """The exception types torch.compile raises for a model it cannot compile."""
+    from torch._dynamo.exc import TorchDynamoException  # no public alias exists
+
+    return (TorchDynamoException,)

@@ -4,51 +4,59 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from jumplora.errors import JumploraError
 from jumplora.gate import REDUCTIONS
+from jumplora.settings import check, setting
 
 ADAPTER_KINDS = ("lora", "jumplora")
 THRESHOLD_MODES = ("global", "per_block")
-ELLA_DELTA_MODES = ("sparse", "interpolated")
 
 
 @dataclass
 class AdapterConfig:
-    """One adapter per target module: ΔW = B·A, A ∈ R^{r×d_in}, B ∈ R^{d_out×r}, scaling β = α/r."""
+    """One adapter per target module: ΔW = B·A, A ∈ R^{r×d_in}, B ∈ R^{d_out×r}, scaling β = α/r.
 
-    kind: str = "jumplora"  # "jumplora" (gated, sparse merge) or "lora" (plain LoRA, dense merge)
-    r: int = 8  # rank of A and B
-    alpha: float = 32.0  # β = alpha / r
-    targets: tuple[str, ...] | None = None  # module names to adapt; None = the model family's q/v
-    dropout: float = 0.1  # plain LoRA only: dropout on x before A (the authors' baseline)
-    bandwidth: float = 1e-3  # ε of the threshold's rectangle kernel (Eq. 2)
-    reduction: str = "mean"  # threshold gradient over a matrix: "mean" (authors) or "sum" (SAE libs)
-    threshold_mode: str = "global"  # one τ for the model, or "per_block": one τ per transformer block
-    initial_log_threshold: float = -4.7  # log τ before S_start (then reset from |ΔW|)
-    start_fraction: float = 0.2  # S_start = ⌊start_fraction · N⌋
-    final_fraction: float = 0.8  # S_final = ⌊final_fraction · N⌋
-    fused: bool = True  # JumpLoRA: one folded matmul with a hand-written backward (False: autograd)
+    The paper's settings are the defaults: r 8, α 32 on the attention query/value projections, the
+    JumpReLU kernel's bandwidth ε = 1e-3, S_start/S_final at 0.2/0.8 of a task's steps.
+    """
+
+    TITLE: ClassVar[str] = "adapters (the paper: r 8, α 32 on q/v, ε 1e-3, S_start/S_final = 0.2/0.8 of a task's steps)"
+
+    kind: str = setting("jumplora", "jumplora (gated, sparse merge) or lora (plain LoRA, dense merge)",
+                        choices=ADAPTER_KINDS, hidden=True, label="adapter kind")  # set by the method
+    r: int = setting(8, "rank of A and B, a positive integer")
+    alpha: float = setting(32.0, "α; the update is scaled by β = α / r", above=0)
+    targets: tuple[str, ...] | None = setting(None, "names of the linear modules to adapt, comma-separated",
+                                              shown="the family's query/value projections", separator=",",
+                                              metavar="NAMES")
+    dropout: float = setting(0.1, "plain LoRA only: dropout on x before A (the authors' baseline)",
+                             key="lora_dropout")
+    bandwidth: float = setting(1e-3, "ε of the threshold's rectangle kernel (Eq. 2)", above=0,
+                               label="bandwidth (epsilon)")
+    reduction: str = setting("mean", "how the threshold gradient is reduced over a matrix: mean (the authors) "
+                             "or sum (JumpReLU SAE libraries)", choices=REDUCTIONS, key="threshold_reduction",
+                             label="reduction")
+    threshold_mode: str = setting("global", "global: one τ for the model; per_block: one τ per transformer block",
+                                  choices=THRESHOLD_MODES, label="threshold mode")
+    initial_log_threshold: float = setting(-4.7, "log τ before S_start (then reset from |ΔW|)", hidden=True)
+    start_fraction: float = setting(0.2, "S_start = ⌊start_fraction · N⌋ of a task's N optimiser steps: the "
+                                    "gate comes in (τ initialised)")
+    final_fraction: float = setting(0.8, "S_final = ⌊final_fraction · N⌋: the gate is fully on (γ = 1)")
+    fused: bool = setting(True, "JumpLoRA: one folded matmul with a hand-written backward (False: autograd)",
+                          hidden=True)
 
     def __post_init__(self) -> None:
-        if self.targets is not None:
-            self.targets = tuple(self.targets)
-        checks = [
-            (self.kind in ADAPTER_KINDS, f"unknown adapter kind {self.kind!r}: use one of {', '.join(ADAPTER_KINDS)}"),
-            (isinstance(self.r, int) and self.r > 0, f"rank r must be a positive integer, got {self.r!r}"),
-            (self.alpha > 0, f"alpha must be > 0, got {self.alpha!r}"),
-            (self.bandwidth > 0, f"bandwidth (epsilon) must be > 0, got {self.bandwidth!r}"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}"),
-            (self.reduction in REDUCTIONS, f"unknown reduction {self.reduction!r}: use one of {', '.join(REDUCTIONS)}"),
-            (
-                self.threshold_mode in THRESHOLD_MODES,
-                f"unknown threshold mode {self.threshold_mode!r}: use one of {', '.join(THRESHOLD_MODES)}",
-            ),
-            (self.targets is None or len(self.targets) > 0, "targets is empty: name at least one module, or None"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise JumploraError(message)
+        if isinstance(self.r, bool) or not isinstance(self.r, (int, str)):
+            raise JumploraError(f"rank r must be a positive integer, got {self.r!r}")
+        check(self)  # r is an int from here on (a flag's "8" included)
+        if self.r <= 0:
+            raise JumploraError(f"rank r must be a positive integer, got {self.r!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise JumploraError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.targets is not None and len(self.targets) == 0:
+            raise JumploraError("targets is empty: name at least one module, or None")
         JumpSchedule.validate_fractions(self.start_fraction, self.final_fraction)
 
     @property

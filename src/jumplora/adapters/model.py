@@ -15,7 +15,7 @@ from torch import nn
 
 from jumplora.adapters import _compat
 from jumplora.adapters.config import AdapterConfig, JumpSchedule
-from jumplora.adapters.layer import AdaptedLinear, ThresholdGroup
+from jumplora.adapters.layer import AdaptedLinear, Gamma, Kernels, ThresholdGroup
 from jumplora.adapters.update import TaskUpdate
 from jumplora.errors import JumploraError
 
@@ -25,9 +25,11 @@ THRESHOLDS_ATTR = "jumplora_thresholds"
 class AdapterSet:
     """The adapters of one model: the layers, their threshold groups and the schedule of a task."""
 
-    def __init__(self, model: nn.Module, config: AdapterConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, config: AdapterConfig | None = None, kernels: Kernels | None = None) -> None:
         self.model = model
         self.config = config or AdapterConfig()
+        self.gamma = Gamma()  # one γ for every layer, set at each step
+        self.kernels = kernels or Kernels()  # how the layers' (and ELLA's) elementwise work runs
         self.schedule: JumpSchedule | None = None
         self.step = 0
         self.thresholds_ready = False
@@ -40,7 +42,7 @@ class AdapterSet:
         self.layers: dict[str, AdaptedLinear] = {}
         for name in names:
             group = self.groups.get(self._group_key(name))
-            layer = AdaptedLinear(model.get_submodule(name), self.config, group)
+            layer = AdaptedLinear(model.get_submodule(name), self.config, group, self.gamma, self.kernels)
             model.set_submodule(name, layer)
             self.layers[name] = layer
 
@@ -107,9 +109,7 @@ class AdapterSet:
             self.gate_trace["s_final"] = self.gate_state()
         # Until τ is set the gate cannot act: a task whose S_start comes before ΔW has left zero
         # (S_start = 0 in very short tasks, where B is still all zeros) starts it one step later.
-        gamma = self.schedule.gamma(step) if self.thresholds_ready else 0.0
-        for layer in self.layers.values():
-            layer.gamma = gamma
+        self.gamma.set(self.schedule.gamma(step) if self.thresholds_ready else 0.0)
 
     @torch.no_grad()
     def _has_update(self) -> bool:
@@ -183,7 +183,7 @@ class AdapterSet:
         """
         if self.config.kind != "jumplora" or not self.thresholds_ready:
             return 0.0
-        return 1.0 if mode == "sparse" else next(iter(self.layers.values())).gamma
+        return 1.0 if mode == "sparse" else self.gamma.value
 
     def stacked_factors(
         self, names: list[str] | None = None, max_entries: int | None = None, thresholds: bool = True

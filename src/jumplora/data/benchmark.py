@@ -21,8 +21,10 @@ from pathlib import Path
 from jumplora.data.tasks import SPLITS, Example, Task, stratified_split
 from jumplora.errors import JumploraError
 
-# Paper Table 6: orders 1-3 are the Standard CL benchmark (4 tasks), 4-6 the Long Sequence one (15).
-ORDER_BENCHMARK = {"1": "SC", "2": "SC", "3": "SC", "4": "LS", "5": "LS", "6": "LS"}
+# Paper Table 6: orders 1-3 are the Standard CL benchmark (4 tasks), 4-6 the Long Sequence one (15);
+# the first is each benchmark's default. The tasks of each order are read from tasks.json.
+BENCHMARK_ORDERS = {"sc": (1, 2, 3), "ls": (4, 5, 6)}
+DEFAULT_ORDER = {name: orders[0] for name, orders in BENCHMARK_ORDERS.items()}
 TASK_FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
 
 
@@ -82,10 +84,11 @@ class Benchmark:
 
 def benchmark_of_order(n: int | str) -> str:
     """The benchmark an order belongs to: "SC" (Standard CL, orders 1-3) or "LS" (Long Sequence, 4-6)."""
-    key = str(n)
-    if key not in ORDER_BENCHMARK:
-        raise JumploraError(f"unknown task order {key!r}: valid orders are {', '.join(ORDER_BENCHMARK)}")
-    return ORDER_BENCHMARK[key]
+    for name, orders in BENCHMARK_ORDERS.items():
+        if str(n) in map(str, orders):
+            return name.upper()
+    known = ", ".join(str(order) for orders in BENCHMARK_ORDERS.values() for order in orders)
+    raise JumploraError(f"unknown task order {str(n)!r}: valid orders are {known}")
 
 
 def load_benchmark(data_dir: str | Path) -> Benchmark:
@@ -343,18 +346,8 @@ def load_hub_task(
     records labelled outside them (e.g. GLUE's ``-1`` hidden test labels) are dropped and counted.
     For GLUE-style datasets whose test labels are hidden, pass ``test_split="validation"``.
     """
-    try:
-        import datasets
-    except ImportError as error:
-        raise JumploraError("loading a hub dataset needs the datasets library: pip install 'jumplora[hub]'") from error
     _check_fractions(dev_fraction, 0.0)
-    try:
-        dataset = datasets.load_dataset(dataset_id, config, **load_options)
-    except Exception as error:  # the hub raises many types (not found, offline, gated): report all alike
-        raise JumploraError(
-            f"could not load {dataset_id!r} (config {config!r}) from the hub: {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}; check the id, the config and network access"
-        ) from error
+    dataset = _load_dataset(dataset_id, config, load_options)
     source = dataset_id if config is None else f"{dataset_id}/{config}"
     wanted = {"train": train_split, "test": test_split}
     if dev_split is not None and dev_split in dataset:
@@ -378,3 +371,18 @@ def load_hub_task(
         parts["dev"], parts["train"] = _cut(parts["train"], [dev_fraction], seed)
         dropped["dev"] = 0
     return _finish_task(name or dataset_id.split("/")[-1], instruction, labels, parts, dropped, source)
+
+
+def _load_dataset(dataset_id: str, config: str | None, load_options: dict):
+    """``datasets.load_dataset(dataset_id, config)``; a missing library or a failed load is one line."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise JumploraError("loading a hub dataset needs the datasets library: pip install 'jumplora[hub]'") from error
+    try:
+        return datasets.load_dataset(dataset_id, config, **load_options)
+    except Exception as error:  # the hub raises many types (not found, offline, gated): report all alike
+        raise JumploraError(
+            f"could not load {dataset_id!r} (config {config!r}) from the hub: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}; check the id, the config and network access"
+        ) from error

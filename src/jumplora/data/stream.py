@@ -2,27 +2,66 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
-from jumplora.config import read_yaml
-from jumplora.data.benchmark import load_benchmark, load_hub_task, load_task_file
+from jumplora.data.benchmark import BENCHMARK_ORDERS, DEFAULT_ORDER, load_benchmark, load_hub_task, load_task_file
 from jumplora.data.demo import demo_stream
 from jumplora.data.tasks import Task, subsample
 from jumplora.errors import JumploraError
+from jumplora.settings import check, read_yaml, setting
 
-if TYPE_CHECKING:
-    from jumplora.config import RunConfig
-
-DEFAULT_ORDER = {"sc": 1, "ls": 4}
+BENCHMARKS = ("demo", *BENCHMARK_ORDERS)
 
 
-def resolve_stream(config: RunConfig) -> list[Task]:
+@dataclass
+class StreamConfig:
+    """Which tasks a run learns, in which order, and how many examples of each."""
+
+    TITLE: ClassVar[str] = "the stream of tasks"
+
+    benchmark: str | None = setting(None, "demo: 3 real-text tasks from PyPI packages; sc: the Standard CL benchmark "
+                                    "(4 tasks, orders 1-3); ls: Long Sequence (15 tasks, orders 4-6)",
+                                    choices=BENCHMARKS, shown="demo, unless --tasks or --task-file")
+    order: int | None = setting(None, "the task order of the benchmark (paper Table 6; the tasks of each are in "
+                                "its tasks.json)", shown="the benchmark's first")
+    tasks: list[str] | None = setting(None, "task names of --data-dir, in training order, comma-separated",
+                                      separator=",", metavar="NAMES")
+    data_dir: str | None = setting(None, "a benchmark folder with tasks.json (e.g. ../shared/data/cl_benchmark)",
+                                   metavar="DIR")
+    task_file: str | None = setting(None, "a YAML/JSON list of your own tasks (see README: task files)",
+                                    metavar="FILE")
+    max_train_per_task: int | None = setting(None, "keep at most this many training examples per task "
+                                             "(class-stratified, the same for every method and seed)",
+                                             minimum=1, shown="all")
+    max_test_per_task: int | None = setting(None, "keep at most this many test (and dev) examples per task",
+                                            minimum=1, shown="all")
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.order is not None:
+            expected = BENCHMARK_ORDERS.get(self.benchmark or "", sorted(o for v in BENCHMARK_ORDERS.values() for o in v))
+            if self.order not in expected:
+                raise JumploraError(
+                    f"order {self.order} does not belong to benchmark {self.benchmark or '/'.join(BENCHMARK_ORDERS)}: "
+                    f"use one of {', '.join(map(str, expected))}"
+                )
+        if self.benchmark == "demo" and (self.order or self.tasks):
+            raise JumploraError("the demo benchmark has one fixed stream: drop --order/--tasks or pick --benchmark "
+                                + "|".join(BENCHMARK_ORDERS))
+        if self.task_file and (self.tasks or self.benchmark is not None):
+            raise JumploraError("--task-file replaces --benchmark/--tasks: give only one of them")
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            raise JumploraError(f"duplicate task names in the stream {self.tasks}: name each task once")
+
+
+def resolve_stream(config: StreamConfig) -> list[Task]:
     """The tasks of the run, in training order, subsampled as the config asks (seed 0: the same
     examples for every method and seed, so their accuracy matrices are comparable)."""
     if config.task_file:
         tasks = _tasks_from_file(Path(config.task_file))
-    elif config.benchmark in ("sc", "ls") or config.tasks:
+    elif config.benchmark in BENCHMARK_ORDERS or config.tasks:
         if not config.data_dir:
             raise JumploraError("the sc/ls benchmarks and --tasks read a benchmark folder: pass --data-dir DIR")
         benchmark = load_benchmark(config.data_dir)

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from jumplora.adapters import _compat
 from jumplora.errors import JumploraError
@@ -21,26 +20,18 @@ from jumplora.families.sources import ModelSource, resolve_model
 FAMILIES: dict[str, type[Family]] = {family.name: family for family in (Seq2SeqFamily, CausalFamily, EncoderFamily)}
 AUTO_CLASSES = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM, "encoder": AutoModel}
 
-# Bidirectional encoders. Several (bert, roberta, ...) also have a causal-LM class in transformers,
-# so they are recognised by name before the causal-LM table is asked.
-ENCODER_MODEL_TYPES = frozenset(
-    {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
-     "xlm-roberta-xl", "camembert", "mpnet", "modernbert", "ernie", "nomic_bert", "mobilebert"}
-)
-
-
 def detect_family(config: Any) -> str:
     """``seq2seq`` for encoder-decoders, ``encoder`` for bidirectional encoders and models with
     no language-model head, ``causal`` otherwise."""
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     model_type = getattr(config, "model_type", "")
-    if model_type in ENCODER_MODEL_TYPES:
+    if model_type in _compat.ENCODER_MODEL_TYPES:
         return "encoder"
     architectures = getattr(config, "architectures", None) or []
     if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         return "causal"
-    return "causal" if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "encoder"
+    return "causal" if _compat.has_causal_lm_class(model_type) else "encoder"
 
 
 def load_model(
@@ -100,3 +91,15 @@ def load_error(source: ModelSource, error: Exception) -> str:
         f"cannot load model {name_or_path!r}: no such local folder and it is not a model id on the hub "
         "you can reach; pass --model PATH"
     )
+
+
+def load_for_run(config, device: torch.device) -> tuple[torch.nn.Module, Any, Family]:
+    """The model, tokenizer and family of a run's settings (``config``, a RunConfig), on ``device``:
+    bf16 weights for ``precision bf16-base``, fp32 otherwise; the options of the model's family."""
+    source = resolve_model(config.model)
+    options = config.family_options
+    name = options.family or detect_family(load_config(source, config.trust_remote_code))
+    dtype = torch.bfloat16 if config.precision == "bf16-base" else torch.float32
+    model, tokenizer, family = load_model(source, family=name, dtype=dtype, trust_remote_code=config.trust_remote_code,
+                                          **options.for_family(name))
+    return model.to(device), tokenizer, family

@@ -80,13 +80,12 @@ def _overview(runs: list[Run], run_dirs: list[Path]) -> str:
     if incomplete:
         text += (" Incomplete runs, shown in the figures and the list of runs but left out of the tables: "
                  + "; ".join(incomplete) + ".")
-    collapsed = [f"{r.method} seed {r.seed} ({', '.join(r.results['collapsed'])})"
-                 for r in runs if r.results.get("collapsed")]
+    collapsed = [f"{r.method} seed {r.seed} ({', '.join(r.record.collapsed)})" for r in runs if r.record.collapsed]
     if collapsed:
         text += " The gate collapsed (sparsity 0% or 100% in some layer) in: " + "; ".join(collapsed) + "."
     resumed = [f"{r.method} seed {r.seed} after task {entry['after_task']} ("
                + ", ".join(f"{k} {v['was']} -> {v['now']}" for k, v in entry["changed"].items()) + ")"
-               for r in runs for entry in r.results.get("resumes", []) if entry["changed"]]
+               for r in runs for entry in r.record.resumes or [] if entry["changed"]]
     if resumed:
         text += " Resumed with changed settings: " + "; ".join(resumed) + "."
     return text

@@ -64,13 +64,13 @@ Series = Callable[[Run, str], np.ndarray | None]  # (groups, steps) of one task 
 
 def _tau(run: Run, task: str) -> np.ndarray | None:
     """τ of each threshold group (rows) at each step of ``task``."""
-    trace = (run.results.get("threshold_trace") or {}).get(task)
+    trace = run.record.threshold_trace.get(task)
     return np.array(list(trace.values()), dtype=float) if trace else None
 
 
 def _loss(run: Run, task: str) -> np.ndarray | None:
     """The loss of each step of ``task`` as one row, smoothed over 1/SMOOTHING of the task."""
-    values = (run.results.get("losses") or {}).get(task)
+    values = run.record.losses.get(task)
     return smooth(np.array(values, dtype=float), len(values) // SMOOTHING)[None, :] if values else None
 
 

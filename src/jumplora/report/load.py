@@ -8,24 +8,19 @@ The checks cover what the report reads; a file that fails one is an error naming
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jumplora.config import RunConfig
-from jumplora.data.benchmark import benchmark_of_order
+from jumplora.config import defaults
+from jumplora.data.benchmark import DEFAULT_ORDER, benchmark_of_order
 from jumplora.errors import JumploraError
-from jumplora.metrics import accuracy_matrix_from_json
-from jumplora.data.stream import DEFAULT_ORDER
-
-RESULTS = "results.json"
+from jumplora.record import RESULTS, RunRecord
 SKIPPED_FOLDER = "single_task"  # FWT baselines: one task each, not a stream
 # The JumpLoRA settings a method label names when they differ from a run's defaults (also what a
 # results.json without them ran with): RunConfig's own defaults, so the two cannot drift apart.
-VARIANT_DEFAULTS = {key: getattr(RunConfig, key) for key in ("threshold_mode", "ella_delta")}
+VARIANT_DEFAULTS = {key: defaults()[key] for key in ("threshold_mode", "ella_delta")}
 
 
 @dataclass(frozen=True)
@@ -43,7 +38,7 @@ class Run:
     """One results.json: a method trained on a stream with one seed."""
 
     path: Path
-    results: dict
+    record: RunRecord
     method: str  # the method, plus its non-default JumpLoRA settings: "jumplora+ella (per_block)"
     seed: int
     stream: Stream
@@ -51,7 +46,7 @@ class Run:
 
     @property
     def finished(self) -> int:
-        return self.results["finished_tasks"]
+        return self.record.finished_tasks
 
     @property
     def complete(self) -> bool:
@@ -89,20 +84,9 @@ def _results_files(folder: Path) -> list[Path]:
 
 
 def _load_run(path: Path) -> Run:
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise JumploraError(f"{path} is not readable JSON ({error}): re-run or delete it") from None
-    _check(results, path)
-    config = results.get("config") or {}
-    return Run(
-        path=path,
-        results=results,
-        method=_method_label(results["method"], config),
-        seed=results["seed"],
-        stream=_stream(results["tasks"], config),
-        accuracy=accuracy_matrix_from_json(results["accuracy_matrix"]),
-    )
+    record = RunRecord.read(path)
+    return Run(path=path, record=record, method=_method_label(record.method, record.config), seed=record.seed,
+               stream=_stream(record.tasks, record.config), accuracy=record.accuracy)
 
 
 def _method_label(method: str, config: dict) -> str:
@@ -141,102 +125,3 @@ def _label_streams(runs: list[Run]) -> list[Run]:
             run = dataclasses.replace(run, stream=dataclasses.replace(run.stream, label=label))
         relabelled.append(run)
     return relabelled
-
-
-def _check(results, path: Path) -> None:
-    """Raise a one-line error for the first field the report cannot read."""
-    def fail(field: str, expected: str) -> None:
-        raise JumploraError(f"{path}: {field} must be {expected}; re-run `jumplora run` or fix the file")
-
-    if not isinstance(results, dict):
-        fail("the file", "a JSON object")
-    tasks = results.get("tasks")
-    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
-        fail("'tasks'", "a non-empty list of task names")
-    if not isinstance(results.get("method"), str):
-        fail("'method'", "a method name")
-    if not isinstance(results.get("seed"), int):
-        fail("'seed'", "an integer")
-    T = len(tasks)
-    finished = results.get("finished_tasks")
-    if not isinstance(finished, int) or not 1 <= finished <= T:
-        fail("'finished_tasks'", f"an integer from 1 to {T}")
-    matrix = results.get("accuracy_matrix")
-    row_shape = ("list", OPTIONAL_NUMBER)
-    if not (_fits(matrix, ("list", row_shape)) and len(matrix) == T and all(len(row) == T for row in matrix)):
-        fail("'accuracy_matrix'", f"a {T} x {T} list of numbers and nulls (one row and column per task)")
-    if any(value is None for value in matrix[finished - 1][:finished]):
-        fail(f"row {finished - 1} of 'accuracy_matrix'", f"filled up to column {finished - 1} (finished_tasks = {finished})")
-    for field, shape in OPTIONAL_FIELDS.items():
-        value = results
-        for key in field:
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is not None and not _fits(value, shape):
-            fail("'" + ".".join(field) + "'", _describe(shape))
-    single = results.get("single_task_accuracy")
-    if single is not None and len(single) != T:
-        fail("'single_task_accuracy'", f"null or one accuracy per task ({T})")
-
-
-# What the report reads besides the accuracy matrix; each may be absent (older files, other methods).
-NUMBER, OPTIONAL_NUMBER, TEXT, ANY = "number", "number or null", "text", "anything"
-RESUME = "resume"  # {"after_task": number, "changed": {setting: {"was": ..., "now": ...}}}
-OPTIONAL_FIELDS = {
-    ("config",): ("map", ANY),
-    ("collapsed",): ("list", TEXT),
-    ("timing", "total_s"): NUMBER,
-    ("single_task_accuracy",): ("list", NUMBER),
-    ("losses",): ("map", ("list", NUMBER)),
-    ("mean_sparsity",): ("map", NUMBER),
-    ("sparsity",): ("map", ("map", NUMBER)),
-    ("threshold_trace",): ("map", ("map", ("list", NUMBER))),
-    ("jaccard", "mean_with_previous"): ("list", OPTIONAL_NUMBER),
-    ("chosen_lambda",): ("list", NUMBER),
-    ("resumes",): ("list", RESUME),
-    ("rank_accuracy_matrix",): ("list", ("list", OPTIONAL_NUMBER)),
-    ("answer_origins",): ("list", ("list", ("optional", ("map", NUMBER)))),
-    ("gate",): ("map", ("map", ("map", ("map", NUMBER)))),
-}
-
-
-def _fits(value, shape) -> bool:
-    """Whether ``value`` (parsed JSON) has ``shape``: NUMBER, OPTIONAL_NUMBER, TEXT, ANY, ("list", inner) or
-    ("map", inner), an object whose every value has shape ``inner``."""
-    if shape == ANY:
-        return True
-    if shape == TEXT:
-        return isinstance(value, str)
-    if shape == RESUME:
-        changed = value.get("changed") if isinstance(value, dict) else None
-        return (_fits(value.get("after_task"), NUMBER) and isinstance(changed, dict)
-                and all(isinstance(v, dict) and v.keys() == {"was", "now"} for v in changed.values()))
-    if shape in (NUMBER, OPTIONAL_NUMBER):
-        return (value is None and shape == OPTIONAL_NUMBER) or (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
-    kind, inner = shape
-    if kind == "optional":
-        return value is None or _fits(value, inner)
-    if kind == "list":
-        return isinstance(value, list) and all(_fits(v, inner) for v in value)
-    return isinstance(value, dict) and all(_fits(v, inner) for v in value.values())
-
-
-def _describe(shape) -> str:
-    """``shape`` in words: ("map", ("list", NUMBER)) -> "an object of lists of numbers"."""
-    if isinstance(shape, str):
-        return {NUMBER: "a number", OPTIONAL_NUMBER: "a number or null", TEXT: "a name", ANY: "anything",
-                RESUME: "a resume record"}[shape]
-    kind, inner = shape
-    if kind == "optional":
-        return f"null or {_describe(inner)}"
-    return f"{'a list' if kind == 'list' else 'an object'} of {_plural(inner)}"
-
-
-def _plural(shape) -> str:
-    if isinstance(shape, str):
-        return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", TEXT: "names", ANY: "values",
-                RESUME: "{after_task, changed: {setting: {was, now}}} records"}[shape]
-    kind, inner = shape
-    if kind == "optional":
-        return f"nulls or {_plural(inner)}"
-    return f"{'lists' if kind == 'list' else 'objects'} of {_plural(inner)}"

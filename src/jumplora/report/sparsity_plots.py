@@ -7,19 +7,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib.lines import Line2D
 
-from jumplora.adapters._compat import block_index
+from jumplora.adapters._compat import PROJECTIONS, block_index
 from jumplora.report.document import Figure, Paragraph
 from jumplora.report.load import Run
 from jumplora.report.style import by_method, legend_below, nan_mean, new_figure, save
 
-PROJECTIONS = {"q": "q", "q_proj": "q", "query": "q", "k": "k", "k_proj": "k", "key": "k",
-               "v": "v", "v_proj": "v", "value": "v"}
 LINE_STYLES = ("-", "--", ":", "-.")  # one per projection
 MARKERS = "os^v"  # one per stack (encoder, decoder)
 
 
 def _jumplora_runs(runs: list[Run]) -> list[Run]:
-    return [run for run in runs if run.results.get("mean_sparsity")]
+    return [run for run in runs if run.record.mean_sparsity]
 
 
 def sparsity_overlap(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:
@@ -31,7 +29,7 @@ def sparsity_overlap(runs: list[Run], folder: Path, filename: str, colors: dict)
     x = np.arange(1, len(tasks) + 1)
     canvas, (left, right) = new_figure((10.0, 4.2), ncols=2)
     for method, group in by_method(jump).items():
-        sparsity = nan_mean([[r.results["mean_sparsity"].get(t, np.nan) for t in tasks] for r in group])
+        sparsity = nan_mean([[r.record.mean_sparsity.get(t, np.nan) for t in tasks] for r in group])
         overlap = nan_mean([[np.nan if v is None else v for v in _overlaps(r)] for r in group])
         left.plot(x, 100 * sparsity, "-o", color=colors[method], label=method)
         right.plot(x[: len(overlap)], 100 * overlap, "-o", color=colors[method], label=method)
@@ -50,7 +48,7 @@ def sparsity_overlap(runs: list[Run], folder: Path, filename: str, colors: dict)
 
 def _overlaps(run: Run) -> list:
     """The run's mean Jaccard overlap with earlier tasks, per task (None for the first)."""
-    return (run.results.get("jaccard") or {}).get("mean_with_previous") or []
+    return run.record.jaccard.get("mean_with_previous") or []
 
 
 def layer_position(name: str) -> tuple[str, str, int] | None:
@@ -104,7 +102,7 @@ def _sparsity_by_block(runs: list[Run]) -> dict[tuple[str, str, str], dict[int, 
     """{(method, stack, projection): {block index: the sparsities of every task and seed}}."""
     values: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for run in runs:
-        for per_layer in (run.results.get("sparsity") or {}).values():
+        for per_layer in run.record.sparsity.values():
             for name, value in per_layer.items():
                 if (position := layer_position(name)) is not None:
                     stack, projection, depth = position

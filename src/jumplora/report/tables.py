@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from jumplora import metrics
-from jumplora.adapters.config import ELLA_DELTA_MODES, THRESHOLD_MODES
+from jumplora.adapters.config import THRESHOLD_MODES
+from jumplora.strategies.ella import ELLA_DELTA_MODES
 from jumplora.report.document import Table
 from jumplora.report.load import VARIANT_DEFAULTS, Run, Stream
-from jumplora.strategies.methods import METHODS
+from jumplora.strategies.registry import METHODS
 
 MISSING = "—"
 ABLATION_METHOD = "jumplora+ella"
@@ -47,7 +48,7 @@ def summarize(values: list[float | None]) -> Summary | None:
 def run_metrics(run: Run) -> dict[str, float | None]:
     """OA, BWT and FWT (percent) over the tasks the run finished, as the runner computes them
     (:func:`jumplora.metrics.run_metrics`); mtl has only OA."""
-    return metrics.run_metrics(run.accuracy, run.finished, run.results.get("single_task_accuracy"))
+    return metrics.run_metrics(run.accuracy, run.finished, run.record.single_task_accuracy)
 
 
 def group_summaries(runs: list[Run], metric: str, key: Callable[[Run], Hashable]) -> dict[Hashable, Summary]:
@@ -92,12 +93,12 @@ def transfer_table(runs: list[Run]) -> Table:
 
 def ablation_table(runs: list[Run]) -> Table | None:
     """Table 3: jumplora+ella with global or per-block τ × ELLA on ΔW_jump or ΔW_interp; None without such runs."""
-    ablation = [run for run in runs if run.results["method"] == ABLATION_METHOD and run.complete]
+    ablation = [run for run in runs if run.record.method == ABLATION_METHOD and run.complete]
     if not ablation:
         return None
 
     def setting(run: Run) -> tuple[str, str, str]:
-        config = run.results.get("config") or {}
+        config = run.record.config
         return (suite(run.stream), config.get("threshold_mode", VARIANT_DEFAULTS["threshold_mode"]),
                 config.get("ella_delta", VARIANT_DEFAULTS["ella_delta"]))
 
@@ -117,12 +118,12 @@ def generative_table(runs: list[Run]) -> Table | None:
     protocol) and the options ranked by likelihood (what the model still knows of a task when a
     later task's labels have taken over its answers); and where the earlier tasks' generated answers
     at the end come from. None when no complete run was also ranked (``--also-rank``)."""
-    ranked = [run for run in runs if run.complete and run.results.get("rank_accuracy_matrix")]
+    ranked = [run for run in runs if run.complete and run.record.rank_accuracy_matrix]
     if not ranked:
         return None
     values: dict[tuple, list[list]] = {}
     for run in ranked:
-        rank = metrics.run_metrics(metrics.accuracy_matrix_from_json(run.results["rank_accuracy_matrix"]), run.finished)
+        rank = metrics.run_metrics(run.record.rank_accuracy, run.finished)
         foreign, text = foreign_answers(run)
         cells = [run_metrics(run)["oa"], run_metrics(run)["bwt"], rank["oa"], rank["bwt"], foreign, text]
         values.setdefault((run.stream.label, run.method), []).append(cells)
@@ -142,7 +143,7 @@ def generative_table(runs: list[Run]) -> Table | None:
 def foreign_answers(run: Run) -> tuple[float | None, float | None]:
     """Percent of the generated answers for tasks 0..T-2 after the last task that are another task's
     label, and that are no task's label (None without the record)."""
-    last = (run.results.get("answer_origins") or [[]])[run.finished - 1][: run.finished - 1]
+    last = run.record.answer_origins[run.finished - 1][: run.finished - 1]
     counts = [c for c in last if c]
     total = sum(sum(c.values()) for c in counts)
     if not counts or not total:
@@ -157,7 +158,7 @@ def gate_table(runs: list[Run]) -> Table | None:
     then over seeds). None when no run recorded it."""
     values: dict[tuple, list[list[float]]] = {}
     for run in runs:
-        for task, points in (run.results.get("gate") or {}).items():
+        for task, points in run.record.gate.items():
             if "s_start" not in points:
                 continue
             cells = [100 * np.mean(list(points.get(p, {}).get("kept", {}).values() or [np.nan]))
@@ -183,18 +184,18 @@ def gate_table(runs: list[Run]) -> Table | None:
 
 def runs_table(runs: list[Run]) -> Table:
     """Every run with its own numbers, incomplete ones included (over the tasks they finished)."""
-    lambdas = any("chosen_lambda" in run.results for run in runs)
+    lambdas = any(run.record.chosen_lambda is not None for run in runs)
     rows = []
     for run in sorted(runs, key=lambda r: (stream_sort_key(r.stream), method_sort_key(r.method), r.seed)):
         m = run_metrics(run)
-        sparsity = list((run.results.get("mean_sparsity") or {}).values())
-        total = (run.results.get("timing") or {}).get("total_s")
+        sparsity = list(run.record.mean_sparsity.values())
+        total = run.record.timing.get("total_s")
         row = [run.stream.label, run.method, str(run.seed), f"{run.finished}/{len(run.stream.tasks)}",
                *(MISSING if m[k] is None else f"{m[k]:.1f}" for k in ("oa", "bwt", "fwt")),
                f"{100 * np.mean(sparsity):.1f}" if sparsity else MISSING,
                MISSING if total is None else f"{total:.0f}"]
         if lambdas:
-            row.append(", ".join(f"{v:g}" for v in run.results.get("chosen_lambda") or []) or MISSING)
+            row.append(", ".join(f"{v:g}" for v in run.record.chosen_lambda or []) or MISSING)
         rows.append(row)
     header = ["Stream", "Method", "Seed", "Tasks", "OA", "BWT", "FWT", "Sparsity %", "Time s"]
     caption = ("Each run (a results.json). Tasks: trained / in the stream; an incomplete run's metrics cover the "

@@ -1,9 +1,9 @@
 """ELLA's penalty against the sum of past updates (Biswas et al.), the plug-in JumpLoRA is paired with.
 
-    penalty = λ · (1/L) · Σ_layers ‖ΔW_eff ⊙ W_past‖²_F
+    penalty_t = λ_t · (1/L) · Σ_layers ‖ΔW_eff ⊙ W_past‖²_F,    W_past = Σ_{s<t} β·ΔW_final(s)
 
 W_past is the sum of every earlier task's merged update of that layer and L the number of adapted
-layers that have a past. The penalty pushes the new update away from the entries that earlier
+layers that have a past; λ_t is the weight of task t (the paper's per-order values by default). The penalty pushes the new update away from the entries that earlier
 tasks changed most. ΔW_eff is β·B·A for plain LoRA; for JumpLoRA it is ΔW_interp at the γ of
 ``AdapterSet.effective_gamma`` (``sparse`` by default: ΔW_jump from S_start on; ``interpolated`` as
 the ablation). The memory is one matrix per adapted layer whatever the number of tasks.
@@ -24,10 +24,17 @@ from __future__ import annotations
 
 import torch
 
+from torch import nn
+
 from jumplora.adapters import AdapterSet, TaskUpdate, _compat
-from jumplora.adapters.layer import KERNELS, adapter_gradients, interpolated_update
-from jumplora.adapters.config import ELLA_DELTA_MODES
+from jumplora.adapters.layer import Kernels, adapter_gradients
 from jumplora.errors import JumploraError
+from jumplora.gate import interpolated_update
+from jumplora.strategies.penalty import TaskEnd
+
+# JumpLoRA + ELLA: the penalty sees ΔW_jump from S_start on (sparse, Algorithm 1 line 16) or
+# ΔW_interp (interpolated, the Table 3 ablation).
+ELLA_DELTA_MODES = ("sparse", "interpolated")
 
 # The most entries L·d_out·d_in in one stack. On the CPU a stack's temporaries should stay in the
 # cache: 2^19 (2 MiB in fp32) measured fastest on MiniLM (benchmarks/ella.py; whole-model stacks
@@ -41,15 +48,34 @@ class EllaPenalty:
     """Holds W_past per layer, in the (d_out, d_in) layout, in fp32 on the device of the layer's weight.
 
     W_past is also stacked by shape (see the module docstring); the stacks are built once after each
-    change and ``past[name]`` then points into them, so it is held once.
+    change and ``past[name]`` then points into them, so it is held once. ``lambdas``: λ_t per task
+    (the last one serves longer streams); ``ella(adapters, lam)`` computes the term for any λ.
     """
 
-    def __init__(self, delta_mode: str = "sparse") -> None:
+    PREFIX = "ella/"
+
+    def __init__(self, delta_mode: str = "sparse", lambdas: list[float] | None = None) -> None:
         if delta_mode not in ELLA_DELTA_MODES:
             raise JumploraError(f"unknown ELLA delta mode {delta_mode!r}: use one of {', '.join(ELLA_DELTA_MODES)}")
         self.delta_mode = delta_mode
+        self.lambdas = list(lambdas or [])
         self.past: dict[str, torch.Tensor] = {}
         self._stacks: dict[tuple[str, ...], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+
+    def value(self, model: nn.Module, adapters: AdapterSet | None, task: int) -> torch.Tensor:
+        return self(adapters, self.lambdas[min(task, len(self.lambdas) - 1)])
+
+    def remember(self, ending: TaskEnd) -> None:
+        if ending.update is not None:
+            self.add(ending.update, ending.model)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {self.PREFIX + name: past for name, past in self.past.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.past = {key[len(self.PREFIX):]: value.to(device) for key, value in tensors.items()
+                     if key.startswith(self.PREFIX)}
+        self._stacks.clear()
 
     def __call__(self, adapters: AdapterSet, lam: float) -> torch.Tensor:
         if lam < 0:
@@ -62,7 +88,7 @@ class EllaPenalty:
         on_cpu = adapters.layers[names[0]].lora_A.device.type == "cpu"
         total = sum(
             _StackPenalty.apply(A, B, tau, self.stacked_past(members), config.scaling, gamma,
-                                config.bandwidth, config.reduction == "mean")
+                                config.bandwidth, config.reduction == "mean", adapters.kernels)
             for members, A, B, tau in adapters.stacked_factors(
                 names, CPU_STACK_ENTRIES if on_cpu else DEVICE_STACK_ENTRIES, thresholds=gamma != 0.0)
         )
@@ -96,30 +122,31 @@ class _StackPenalty(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, lora_A, lora_B, threshold, past, scaling, gamma, bandwidth, mean):
+    def forward(ctx, lora_A, lora_B, threshold, past, scaling, gamma, bandwidth, mean, kernels: Kernels):
         gated = gamma != 0.0
         gamma_t = lora_A.new_full((), gamma) if gated else None  # a fill kernel, no host-to-device copy
-        update = _update(lora_B @ lora_A, threshold, scaling, gamma_t)
+        update = _update(lora_B @ lora_A, threshold, scaling, gamma_t, kernels)
         ctx.save_for_backward(lora_A, lora_B, threshold if gated else None, past, gamma_t)
-        ctx.constants = (scaling, bandwidth, mean)
+        ctx.constants = (scaling, bandwidth, mean, kernels)
         return (update * past).square().sum()
 
     @staticmethod
     def backward(ctx, grad_value):
         lora_A, lora_B, tau, past, gamma = ctx.saved_tensors
-        scaling, bandwidth, mean = ctx.constants
+        scaling, bandwidth, mean, kernels = ctx.constants
         delta = lora_B @ lora_A  # recomputed once, not kept from the forward
-        grad_update = (2 * grad_value) * _update(delta, tau, scaling, gamma) * past.square()
+        grad_update = (2 * grad_value) * _update(delta, tau, scaling, gamma, kernels) * past.square()
+        nothing = (None,) * 6
         if gamma is None:
             grad_delta = grad_update * scaling
-            return lora_B.mT @ grad_delta, grad_delta @ lora_A.mT, None, None, None, None, None, None
-        grad_A, grad_B, grad_tau = KERNELS.call(
+            return lora_B.mT @ grad_delta, grad_delta @ lora_A.mT, *nothing, None
+        grad_A, grad_B, grad_tau = kernels.call(
             adapter_gradients, lora_A.device, grad_update, delta, lora_A, lora_B, tau, scaling, gamma, bandwidth, mean)
-        return grad_A, grad_B, grad_tau if ctx.needs_input_grad[2] else None, None, None, None, None, None
+        return grad_A, grad_B, grad_tau if ctx.needs_input_grad[2] else None, *nothing
 
 
-def _update(delta, threshold, scaling, gamma):
+def _update(delta, threshold, scaling, gamma, kernels: Kernels):
     """U = β·ΔW_interp(γ) from ΔW; γ None means 0 (no gate)."""
     if gamma is None:
         return delta * scaling
-    return KERNELS.call(interpolated_update, delta.device, delta, threshold, scaling, gamma)
+    return kernels.call(interpolated_update, delta.device, delta, threshold, scaling, gamma)

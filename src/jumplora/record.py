@@ -1,0 +1,226 @@
+"""The record of one run (a method, a seed, a stream of T tasks): the ``results.json`` form, owned here.
+
+The runner fills a :class:`RunRecord` task by task and writes it after each one; resume reads it
+back from a checkpoint; the report reads every ``results.json`` through :meth:`RunRecord.read`,
+which checks each field it relies on and names the first that is wrong. The fields::
+
+    tasks, method, model, seed          what ran
+    accuracy_matrix                     T×T, percent; row t = after task t, null above the diagonal
+    metrics                             {oa, bwt, fwt} over the finished tasks
+    single_task_accuracy                a_{0,i} per task (FWT baselines) or null
+    rank_accuracy_matrix, rank_metrics  causal models with --also-rank: the options ranked
+    answer_origins                      T×T of {own, <other task>: n, other} counts (metrics.answer_origins)
+    sparsity, mean_sparsity             per task (and layer): zeros of the merged JumpLoRA update
+    thresholds, threshold_trace, gate   per task: τ per group at the end, per step, and the gate at
+                                        S_start / S_final / the end ({kept, tau} per group)
+    jaccard                             {per_layer: T×T per layer, mean_with_previous: per task}
+    losses, timing, dropped             per task: the loss per step; seconds and steps; records dropped
+    config                              the flat settings of the latest part of the run
+    finished_tasks, collapsed           tasks done; tasks whose gate kept nothing or everything
+    chosen_lambda, lambda_search        ELLA's λ search (App. A.2), when run
+    resumes                             [{after_task, changed: {key: {was, now}}}] per resume
+    config_key                          a single-task baseline's settings (its cache key)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from jumplora import metrics
+from jumplora.errors import JumploraError
+
+RESULTS = "results.json"
+OPTIONAL = ("rank_accuracy_matrix", "rank_metrics", "chosen_lambda", "lambda_search", "resumes", "config_key")
+
+
+def _empty_matrix(tasks: list[str]) -> list[list]:
+    return [[None] * len(tasks) for _ in tasks]
+
+
+@dataclass
+class RunRecord:
+    tasks: list[str]
+    method: str
+    seed: int
+    model: str = ""
+    accuracy_matrix: list[list[float | None]] | None = None
+    metrics: dict = field(default_factory=dict)
+    single_task_accuracy: list[float] | None = None
+    sparsity: dict[str, dict[str, float]] = field(default_factory=dict)
+    mean_sparsity: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    threshold_trace: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    gate: dict[str, dict] = field(default_factory=dict)
+    jaccard: dict = field(default_factory=lambda: {"mean_with_previous": [], "per_layer": {}})
+    answer_origins: list[list[dict | None]] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=lambda: {"tasks": {}})
+    finished_tasks: int = 0
+    collapsed: list[str] = field(default_factory=list)
+    rank_accuracy_matrix: list[list[float | None]] | None = None
+    rank_metrics: dict | None = None
+    chosen_lambda: list[float] | None = None
+    lambda_search: dict | None = None
+    resumes: list[dict] | None = None
+    config_key: dict | None = None
+
+    def __post_init__(self) -> None:
+        if not self.answer_origins:
+            self.answer_origins = _empty_matrix(self.tasks)
+
+    # -- the matrices as arrays ------------------------------------------------------------------
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """The accuracy matrix, NaN where not measured (all NaN before the first task)."""
+        return _matrix(self.accuracy_matrix, self.tasks)
+
+    @property
+    def rank_accuracy(self) -> np.ndarray | None:
+        return None if self.rank_accuracy_matrix is None else _matrix(self.rank_accuracy_matrix, self.tasks)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished_tasks == len(self.tasks)
+
+    # -- JSON --------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """The results.json object (optional fields only when set)."""
+        values = dataclasses.asdict(self)
+        return {k: v for k, v in values.items() if k not in OPTIONAL or v is not None}
+
+    @classmethod
+    def from_json(cls, values, source: str | Path = RESULTS) -> RunRecord:
+        """A record from parsed JSON, after checking every field (an error names the first bad one)."""
+        _check(values, source)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        # null where the record keeps an empty map or list (older files) reads as that default
+        return cls(**{k: v for k, v in values.items() if k in fields
+                      and (v is not None or fields[k].default_factory is dataclasses.MISSING)})
+
+    @classmethod
+    def read(cls, path: Path) -> RunRecord:
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise JumploraError(f"{path} is not readable JSON ({error}): re-run or delete it") from None
+        return cls.from_json(values, path)
+
+    def write(self, path: Path) -> None:
+        """Atomically: a reader (or a crash) never sees half a file."""
+        from jumplora.checkpoint import write_json
+
+        write_json(Path(path), self.to_json())
+
+
+def _matrix(rows, tasks: list[str]) -> np.ndarray:
+    return metrics.accuracy_matrix_from_json(rows if rows is not None else _empty_matrix(tasks))
+
+
+# -- validation: what the report and resume read ---------------------------------------------------
+
+NUMBER, OPTIONAL_NUMBER, TEXT, ANY = "number", "number or null", "text", "anything"
+RESUME = "resume"  # {"after_task": number, "changed": {setting: {"was": ..., "now": ...}}}
+SHAPES = {
+    ("config",): ("map", ANY),
+    ("collapsed",): ("list", TEXT),
+    ("timing", "total_s"): NUMBER,
+    ("single_task_accuracy",): ("list", NUMBER),
+    ("losses",): ("map", ("list", NUMBER)),
+    ("mean_sparsity",): ("map", NUMBER),
+    ("sparsity",): ("map", ("map", NUMBER)),
+    ("threshold_trace",): ("map", ("map", ("list", NUMBER))),
+    ("jaccard", "mean_with_previous"): ("list", OPTIONAL_NUMBER),
+    ("chosen_lambda",): ("list", NUMBER),
+    ("resumes",): ("list", RESUME),
+    ("rank_accuracy_matrix",): ("list", ("list", OPTIONAL_NUMBER)),
+    ("answer_origins",): ("list", ("list", ("optional", ("map", NUMBER)))),
+    ("gate",): ("map", ("map", ("map", ("map", NUMBER)))),
+}
+
+
+def _check(results, path) -> None:
+    """Raise a one-line error for the first field that is not as :class:`RunRecord` writes it."""
+    def fail(name: str, expected: str) -> None:
+        raise JumploraError(f"{path}: {name} must be {expected}; re-run `jumplora run` or fix the file")
+
+    if not isinstance(results, dict):
+        fail("the file", "a JSON object")
+    tasks = results.get("tasks")
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        fail("'tasks'", "a non-empty list of task names")
+    if not isinstance(results.get("method"), str):
+        fail("'method'", "a method name")
+    if not isinstance(results.get("seed"), int):
+        fail("'seed'", "an integer")
+    T = len(tasks)
+    finished = results.get("finished_tasks")
+    if not isinstance(finished, int) or not 1 <= finished <= T:  # written after a task, never before
+        fail("'finished_tasks'", f"an integer from 1 to {T}")
+    matrix = results.get("accuracy_matrix")
+    if not (_fits(matrix, ("list", ("list", OPTIONAL_NUMBER))) and len(matrix) == T and all(len(r) == T for r in matrix)):
+        fail("'accuracy_matrix'", f"a {T} x {T} list of numbers and nulls (one row and column per task)")
+    if any(value is None for value in matrix[finished - 1][:finished]):
+        fail(f"row {finished - 1} of 'accuracy_matrix'", f"filled up to column {finished - 1} (finished_tasks = {finished})")
+    for name, shape in SHAPES.items():
+        value = results
+        for key in name:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not _fits(value, shape):
+            fail("'" + ".".join(name) + "'", _describe(shape))
+    single = results.get("single_task_accuracy")
+    if single is not None and len(single) != T:
+        fail("'single_task_accuracy'", f"null or one accuracy per task ({T})")
+
+
+def _fits(value, shape) -> bool:
+    """Whether ``value`` (parsed JSON) has ``shape``: NUMBER, OPTIONAL_NUMBER, TEXT, ANY, RESUME,
+    ("list", inner), ("map", inner) (an object whose every value has shape ``inner``) or
+    ("optional", inner) (null or ``inner``)."""
+    if shape == ANY:
+        return True
+    if shape == TEXT:
+        return isinstance(value, str)
+    if shape == RESUME:
+        changed = value.get("changed") if isinstance(value, dict) else None
+        return (_fits(value.get("after_task"), NUMBER) and isinstance(changed, dict)
+                and all(isinstance(v, dict) and v.keys() == {"was", "now"} for v in changed.values()))
+    if shape in (NUMBER, OPTIONAL_NUMBER):
+        return (value is None and shape == OPTIONAL_NUMBER) or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    kind, inner = shape
+    if kind == "optional":
+        return value is None or _fits(value, inner)
+    if kind == "list":
+        return isinstance(value, list) and all(_fits(v, inner) for v in value)
+    return isinstance(value, dict) and all(_fits(v, inner) for v in value.values())
+
+
+def _describe(shape) -> str:
+    """``shape`` in words: ("map", ("list", NUMBER)) -> "an object of lists of numbers"."""
+    if isinstance(shape, str):
+        return {NUMBER: "a number", OPTIONAL_NUMBER: "a number or null", TEXT: "a name", ANY: "anything",
+                RESUME: "a resume record"}[shape]
+    kind, inner = shape
+    if kind == "optional":
+        return f"null or {_describe(inner)}"
+    return f"{'a list' if kind == 'list' else 'an object'} of {_plural(inner)}"
+
+
+def _plural(shape) -> str:
+    if isinstance(shape, str):
+        return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", TEXT: "names", ANY: "values",
+                RESUME: "{after_task, changed: {setting: {was, now}}} records"}[shape]
+    kind, inner = shape
+    if kind == "optional":
+        return f"nulls or {_plural(inner)}"
+    return f"{'lists' if kind == 'list' else 'objects'} of {_plural(inner)}"

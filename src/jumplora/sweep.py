@@ -1,0 +1,32 @@
+"""A sweep: methods × orders × seeds from one YAML, each order into its own folder, then the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jumplora.config import load_config, load_yaml
+from jumplora.resume import CONFIG_FILE, resumable_config
+from jumplora.runner import run
+
+
+def sweep(path: Path, force: bool = False, log=print) -> Path:
+    """Every order of a sweep file (``order`` may be a list) into OUTPUT/order<k>, then the report.
+
+    Runs already complete are skipped and stopped ones resumed (their settings must not have changed).
+    """
+    values = load_yaml(path)
+    orders = values.pop("order", None)
+    orders = orders if isinstance(orders, list) else [orders]
+    output = Path(values.pop("output", "runs/sweep"))
+    folders = []
+    for order in orders:
+        folder = output / (f"order{order}" if order is not None else "stream")
+        settings = {**values, "order": order, "output": str(folder)}
+        if (folder / CONFIG_FILE).is_file():
+            run(resumable_config(folder, settings, force), log=log, resume=True)
+        else:
+            run(load_config(overrides=settings), log=log)
+        folders.append(folder)
+    from jumplora.report import build_report
+
+    return build_report(folders, output / "report")
