@@ -208,3 +208,46 @@ def test_update_for_another_model_is_refused(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(JumploraError, match="not a readable safetensors file"):
         TaskUpdate.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["lora", "jumplora"])
+def test_updates_are_stored_in_their_smallest_exact_form(family, kind, tmp_path):
+    name, base, _ = family
+    model = copy.deepcopy(base)
+    adapters = AdapterSet(model, AdapterConfig(kind=kind))
+    randomise_updates(adapters)
+    adapters.begin_task(10)
+    adapters.set_step(9)
+    update = adapters.merge_and_unload()
+    update.save(tmp_path / "compact.safetensors")
+    TaskUpdate(update.deltas, kind).save(tmp_path / "dense-or-sparse.safetensors")  # without the factors
+    from safetensors.torch import load_file, save_file
+
+    save_file({f"{k}.dense": v.contiguous() for k, v in update.deltas.items()}, str(tmp_path / "dense.safetensors"))
+    stored = load_file(tmp_path / "compact.safetensors")
+    parts = {key.rsplit(".", 1)[1] for key in stored}
+    if kind == "lora":
+        assert parts == {"lora_A", "lora_B", "scaling", "transposed"}  # r·(d_in + d_out), not d_in·d_out
+    else:
+        assert "dense" not in parts  # a gated update is a mask (or indices) and its values
+    sizes = {f: (tmp_path / f"{f}.safetensors").stat().st_size for f in ("compact", "dense")}
+    assert sizes["compact"] < sizes["dense"]
+    replay, dense = copy.deepcopy(base), copy.deepcopy(base)
+    TaskUpdate.load(tmp_path / "compact.safetensors").apply(replay)
+    for key, value in update.deltas.items():
+        dense.get_submodule(key).weight.data += value
+    for (key, want), got in zip(dense.state_dict().items(), replay.state_dict().values()):
+        assert torch.equal(got, want), key
+
+
+def test_the_same_update_is_the_same_bytes_in_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import sys, torch; from jumplora import TaskUpdate; torch.manual_seed(0); "
+              "d = {f'layer{i}.q': torch.randn(6, 6) * (torch.rand(6, 6) > 0.7) for i in range(4)}; "
+              "u = TaskUpdate(d, 'jumplora', {'task': 'a', 'method': 'm', 'seed': '0', 'index': '0'}); u.save(sys.argv[1])")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{name}.safetensors")], check=True)
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert TaskUpdate.load(tmp_path / "a.safetensors").metadata == {"task": "a", "method": "m", "seed": "0", "index": "0"}

@@ -127,6 +127,9 @@ def test_apply_refuses_an_update_for_another_model(files, tmp_path, capsys):
 
     from jumplora import TaskUpdate
 
+    from jumplora.manifest import ModelManifest
+
+    ModelManifest("tiny-llama", "causal", "generate", 512).write(files["model"])
     update = TaskUpdate({"model.layers.0.self_attn.q_proj": torch.ones(7, 7)}, "lora")
     update.save(tmp_path / "other.safetensors")
     code = main(["apply", "--model", str(files["model"]), "--update", str(tmp_path / "other.safetensors"),
@@ -134,3 +137,8 @@ def test_apply_refuses_an_update_for_another_model(files, tmp_path, capsys):
     assert code == 2
     assert "belongs to another model" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "new").exists() and not (tmp_path / "new.tmp").exists()
+    # An update made for another base model is refused before its shapes are even looked at.
+    TaskUpdate(update.deltas, "lora", {"base_model": "smollm2-135m"}).save(tmp_path / "foreign.safetensors")
+    assert main(["apply", "--model", str(files["model"]), "--update", str(tmp_path / "foreign.safetensors"),
+                 "--output", str(tmp_path / "new")]) == 2
+    assert "was made for the base model smollm2-135m, not tiny-llama" in capsys.readouterr().err

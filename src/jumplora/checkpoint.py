@@ -174,11 +174,16 @@ def read_manifest(run_dir: Path) -> list[dict]:
 
 
 def load_manifest(path: Path) -> list[dict]:
-    """The entries of a manifest.json file (index, task, file, sha256)."""
+    """The entries of a manifest.json file (index, task, file, sha256); anything else is a one-line error."""
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise JumploraError(f"{path} is not valid JSON") from None
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise JumploraError(f"{path} is not valid JSON: re-run the task or restore the file") from None
+    fields = {"index": int, "task": str, "file": str, "sha256": str}
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and all(isinstance(e.get(k), kind) for k, kind in fields.items()) for e in entries):
+        raise JumploraError(f"{path} must be a list of {{index, task, file, sha256}} entries: restore the file")
+    return entries
 
 
 def check_sha256(path: Path, expected: str) -> Path:
@@ -188,13 +193,13 @@ def check_sha256(path: Path, expected: str) -> Path:
     return path
 
 
-def verified_delta(run_dir: Path, task: str) -> Path:
-    """The update file of ``task``, after checking its SHA-256 against the manifest."""
+def delta_entry(run_dir: Path, task: str) -> tuple[Path, dict]:
+    """The update file of ``task`` and its manifest entry, after checking its SHA-256."""
     entries = [e for e in read_manifest(run_dir) if e["task"] == task]
     if not entries:
         known = ", ".join(e["task"] for e in read_manifest(run_dir))
         raise JumploraError(f"no update for task {task!r} in {run_dir}: its tasks are {known}")
-    return check_sha256(run_dir / "deltas" / entries[0]["file"], entries[0]["sha256"])
+    return check_sha256(run_dir / "deltas" / entries[0]["file"], entries[0]["sha256"]), entries[0]
 
 
 def write_json(path: Path, data) -> None:

@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="named settings, see `jumplora list`")
     run.add_argument("--resume", metavar="OUTPUT", help="continue the run in OUTPUT at its first unfinished task")
     run.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
+    run.add_argument("--add-task-file", action="append", metavar="FILE", dest="add_task_file",
+                     help="with --resume: append the tasks of a task file to the run (repeatable)")
     add_settings(run)
     listing = sub.add_parser("list", help="benchmarks, orders, methods and presets")
     listing.add_argument("--data-dir", help="a benchmark folder: also list the tasks of each order from its tasks.json")
@@ -37,16 +39,49 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables and figures from the results.json files of one or more runs")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--output", default="report", help="folder for report.md, report.html and the PNGs")
+    add_use_commands(sub)
     rollback = sub.add_parser("rollback", help="write the final model of a run without one task's update")
-    rollback.add_argument("run_dir", metavar="RUN", help="OUTPUT/<method>/seed<k> of a finished run")
+    rollback.add_argument("run_dir", metavar="RUN", help="OUTPUT/<method>/seed<k> of a finished run (or OUTPUT "
+                                                         "when it holds one method and seed)")
     rollback.add_argument("--task", required=True, help="the task whose update to remove")
     rollback.add_argument("--output", required=True, help="new folder for the rolled-back model")
-    apply = sub.add_parser("apply", help="add a task update file to a model")
-    apply.add_argument("--model", required=True, help="model folder (save_pretrained layout)")
+    apply = sub.add_parser("apply", help="add (or remove) a task update file on a model, keeping its ledger")
+    apply.add_argument("--model", required=True, help="a model folder written by jumplora (with its manifest)")
     apply.add_argument("--update", required=True, help="a deltas/<t>-<task>.safetensors file")
     apply.add_argument("--output", required=True, help="new folder for the updated model")
     apply.add_argument("--subtract", action="store_true", help="remove the update instead of adding it")
+    apply.add_argument("--force", action="store_true", help="add an update the model's ledger already holds")
     return parser
+
+
+def add_use_commands(sub) -> None:
+    """`predict` and `evaluate`: using a trained model folder."""
+    predict = sub.add_parser("predict", help="the predicted label of each input, by a trained model",
+                             description="Task-agnostic, as training was: the prompt lists the options of the "
+                                         "named task (one the model learned) or of a new one (--instruction, "
+                                         "--labels).")
+    predict.add_argument("model", metavar="MODEL", help="a model folder written by jumplora (OUTPUT/<method>/seed<k>/model)")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="inputs to label")
+    predict.add_argument("--task", help="a task the model learned (see its jumplora-model.json)")
+    predict.add_argument("--instruction", help="zero-shot: the instruction of a task the model never learned")
+    predict.add_argument("--labels", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
+                         help="zero-shot: its options, comma-separated")
+    predict.add_argument("--input", type=Path, help="a JSONL, JSON, CSV or TSV file, one input per record")
+    predict.add_argument("--text-column", help="the text field of --input (default: sentence, else text)")
+    predict.add_argument("--output", type=Path, help="write {text, prediction} records (.jsonl, .csv or .tsv)")
+    predict.add_argument("--batch-size", type=int, help="inputs per forward (default: the run's eval batch size)")
+    evaluate = sub.add_parser("evaluate", help="accuracy per task of a trained model on test splits",
+                              description="By default the tasks the model learned, read again as its run read "
+                                          "them; or pass the data (--task-file, --benchmark/--order, --tasks, "
+                                          "with --data-dir).")
+    evaluate.add_argument("model", metavar="MODEL", help="a model folder written by jumplora")
+    for flag, help_text in (("--task-file", "a task file"), ("--benchmark", "demo, sc or ls"),
+                            ("--order", "a benchmark order"), ("--data-dir", "a benchmark folder"),
+                            ("--tasks", "task names of --data-dir, comma-separated (also: which tasks to report)")):
+        evaluate.add_argument(flag, help=help_text)
+    evaluate.add_argument("--max-test-per-task", type=int, help="at most this many test examples per task")
+    evaluate.add_argument("--batch-size", type=int, help="prompts per forward (default: the run's eval batch size)")
+    evaluate.add_argument("--output", type=Path, default=Path("evaluation.json"), help="the JSON written (default: %(default)s)")
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +128,12 @@ def _splitter(separator: str, always: bool):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "predict" and not any(a.startswith("-") for a in extra):
+        args.texts += extra  # `predict MODEL --task T "some text"`: inputs after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "list":
             print(list_text(args.data_dir))
@@ -107,13 +147,18 @@ def main(argv: list[str] | None = None) -> int:
             from jumplora.report import build_report
 
             print(f"report: {build_report([Path(d) for d in args.run_dirs], Path(args.output))}")
+        elif args.command == "predict":
+            _predict(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
         else:
             from jumplora.surgery import apply_update, rollback
 
             if args.command == "rollback":
-                rollback(Path(args.run_dir), args.task, Path(args.output))
+                print(rollback(Path(args.run_dir), args.task, Path(args.output)))
             else:
-                apply_update(Path(args.model), Path(args.update), Path(args.output), sign=-1.0 if args.subtract else 1.0)
+                print(apply_update(Path(args.model), Path(args.update), Path(args.output),
+                                   sign=-1 if args.subtract else 1, force=args.force))
         return 0
     except JumploraError as error:
         print(f"jumplora: error: {error}", file=sys.stderr)
@@ -128,11 +173,58 @@ def _run(args) -> None:
     from jumplora.config import known_keys
 
     overrides = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
+    added = [*(overrides.pop("add_tasks", None) or []), *(args.add_task_file or [])]
+    if added and not args.resume:
+        overrides["add_tasks"] = added
+    elif added:  # after the tasks the run has already been given
+        from jumplora.resume import saved_config
+
+        overrides["add_tasks"] = [*(saved_config(Path(args.resume)).data.add_tasks or []), *added]
     if args.resume:
         run(resumable_config(Path(args.resume), overrides, args.force), resume=True)
         return
     preset = args.preset or (None if args.config or _has_data_flags(overrides) else "demo")
     run(load_config(args.config, preset, overrides))
+
+
+def _predict(args) -> None:
+    from jumplora.inference import predict, read_inputs, write_predictions
+
+    if args.input and args.texts:
+        raise JumploraError("pass the inputs as TEXT arguments or as --input FILE, not both")
+    texts = read_inputs(args.input, args.text_column) if args.input else list(args.texts)
+    task, labels = predict(Path(args.model), None, texts, args.task, args.instruction, args.labels, args.batch_size)
+    if args.output:
+        write_predictions(args.output, texts, labels)
+        print(f"{len(labels)} predictions for task {task.name} (options: {', '.join(task.labels)}) -> {args.output}")
+        return
+    for text, label in zip(texts, labels):
+        print(f"{label}\t{text}")
+
+
+def _evaluate(args) -> None:
+    import json
+
+    from jumplora.checkpoint import write_text
+    from jumplora.inference import evaluate_model
+
+    given = {"task_file": args.task_file, "benchmark": args.benchmark, "order": args.order, "data_dir": args.data_dir}
+    only = [t for t in (args.tasks or "").split(",") if t] or None
+    stream = None  # the data of the run that wrote the model
+    if any(v is not None for v in given.values()):
+        stream = {**given, "tasks": only if args.data_dir and not (args.task_file or args.benchmark) else None}
+    results = evaluate_model(Path(args.model), stream, only, args.batch_size, args.max_test_per_task)
+    width = max(len(name) for name in results)
+    print(f"{'task':<{width}}  accuracy %  examples")
+    for name, row in results.items():
+        print(f"{name:<{width}}  {row['accuracy']:10.2f}  {row['examples']:8d}")
+    mean = sum(row["accuracy"] for row in results.values()) / len(results)
+    print(f"{'mean':<{width}}  {mean:10.2f}")
+    try:
+        write_text(args.output, json.dumps({"model": args.model, "tasks": results, "mean": mean}, indent=1))
+    except OSError as error:
+        raise JumploraError(f"cannot write {args.output} ({error.strerror}): pass another --output") from None
+    print(f"wrote {args.output}")
 
 
 def _has_data_flags(overrides: dict) -> bool:

@@ -49,8 +49,9 @@ def evaluate_answers(model, family, task: Task, batch_size: int, other_tasks: di
 def evaluate_seen(model, family, ranker, tasks: list[Task], t: int, batch_size: int, accelerator,
                   accuracy: np.ndarray, record: RunRecord) -> None:
     """Row t of the accuracy matrix and of the answer origins (with ``ranker`` also of the ranked
-    accuracy matrix): every task seen so far, after training task t."""
-    labels = {task.name: task.labels for task in tasks}
+    accuracy matrix): every task seen so far, after training task t. An answer's origin is looked
+    up among the tasks seen so far (a later task's labels cannot have taken over yet)."""
+    labels = {task.name: task.labels for task in tasks[: t + 1]}
     for i in range(t + 1):
         others = {name: values for name, values in labels.items() if name != tasks[i].name}
         accuracy[t, i], record.answer_origins[t][i] = evaluate_answers(

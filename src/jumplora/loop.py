@@ -17,11 +17,13 @@ import torch
 from accelerate.utils import set_seed
 
 from jumplora import metrics
-from jumplora.checkpoint import latest_checkpoint, record_delta, save_checkpoint
+from jumplora.checkpoint import latest_checkpoint, read_manifest, record_delta, save_checkpoint
+from jumplora.errors import JumploraError
 from jumplora.evaluation import evaluate_seen, make_ranker
 from jumplora.families.loading import load_for_run
 from jumplora.families.sources import resolve_model
 from jumplora.lambda_search import search_lambda, searchable
+from jumplora.manifest import STREAM_KEYS, LearnedTask, LedgerEntry, ModelManifest, save_model_folder, scoring_of
 from jumplora.record import RESULTS, RunRecord
 from jumplora.resume import changed_settings, finished_record, restore
 from jumplora.strategies.methods import make_strategy
@@ -33,7 +35,7 @@ def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=
     """One method, one seed, the whole stream; returns its record and the final merged model
     (None for a run that was already finished)."""
     out = Path(output or Path(config.output) / method / f"seed{seed}")
-    if resume and (done := finished_record(out, len(tasks))) is not None:
+    if resume and (done := finished_record(out, [task.name for task in tasks])) is not None:
         log(f"[{method} seed {seed}] already finished in {out}")
         return done, None
     run = StreamRun(config, method, seed, tasks, accelerator, out, log)
@@ -84,6 +86,14 @@ class StreamRun:
     def _resume_from(self, checkpoint: Path) -> None:
         self.first, self.record, self.accuracy, self.masks = restore(
             checkpoint, self.out, self.model, self.strategy, self.spec.jump)
+        names = [task.name for task in self.tasks]
+        if self.record.tasks != names:  # --add-tasks: more tasks after the ones learned
+            if not self.spec.adapter_per_task or self.spec.joint:
+                raise JumploraError(f"{self.method} trains one adapter for the whole stream and merges it at the "
+                                    "end: a finished run of it cannot take more tasks; start a new run")
+            self.log(f"{self.name} adding {', '.join(names[len(self.record.tasks):])} after {self.record.tasks[-1]}")
+            self.record.extend_to(names, {task.name: task.dropped for task in self.tasks})
+            self.accuracy = self.record.accuracy
         self.log(f"{self.name} resuming after task {self.first} of {len(self.tasks)} from {checkpoint.name}")
         # The record says which settings the rest of the run used: its config is the latest.
         settings = self.config.to_dict()
@@ -141,7 +151,11 @@ class StreamRun:
 
     def _write(self, t: int, label: str, update) -> None:
         if update is not None:
-            update.metadata = {"task": label, "method": self.method, "seed": str(self.seed), "index": str(t)}
+            update.metadata = {"task": label, "method": self.method, "seed": str(self.seed), "index": str(t),
+                               "base_model": resolve_model(self.config.model).label}
+            if "+" not in label:  # one task (not mtl's joint stage): how to ask it, for `apply`
+                task = self.tasks[t]
+                update.metadata.update(instruction=task.instruction, labels="\n".join(task.labels))
             path = self.out / "deltas" / f"{t:02d}-{label}.safetensors"
             update.save(path)
             record_delta(self.out, t, label, path)
@@ -153,11 +167,33 @@ class StreamRun:
         self.log(f"{self.name} after {label}: " + ", ".join(f"{self.tasks[i].name} {row[i]:.1f}" for i in range(t + 1)))
 
     def save_model(self) -> None:
+        """The final outputs: the merged model (whole or not at all) and, again, results.json (so a
+        resume repairs either when it is missing or damaged)."""
         if self.main and self.config.save_model:
-            self.model.save_pretrained(self.out / "model")
-            self.tokenizer.save_pretrained(self.out / "model")
+            save_model_folder(self.model, self.tokenizer, self.manifest(), self.out / "model")
+        if self.main:
+            self.record.write(self.out / RESULTS)
         if self.config.log_with:
             self.accelerator.end_training()
+
+    def manifest(self) -> ModelManifest:
+        """What the final model learned and how to ask it (jumplora.manifest)."""
+        options, last = self.config.family_options, self.accuracy[len(self.tasks) - 1]
+        tasks = [LearnedTask(task.name, task.instruction, list(task.labels),
+                             _number(self.accuracy[i, i]), _number(last[i])) for i, task in enumerate(self.tasks)]
+        entries = read_manifest(self.out) if (self.out / "deltas" / "manifest.json").is_file() else []
+        ledger = [LedgerEntry(e["task"], self.method, e["file"], e["sha256"]) for e in entries]
+        exact = self.spec.adapter is not None and self.spec.adapter_per_task
+        return ModelManifest(
+            base_model=resolve_model(self.config.model).label, family=self.family.name,
+            scoring=scoring_of(self.family), max_source_length=self.family.max_source_length,
+            encoder_temperature=options.encoder_temperature, tasks=tasks, ledger=ledger, exact=exact,
+            run={"method": self.method, "seed": self.seed, "eval_batch_size": self.config.eval_batch_size,
+                 "stream": {k: v for k, v in self.config.to_dict().items() if k in STREAM_KEYS}})
+
+
+def _number(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def _flat(values: dict) -> dict:

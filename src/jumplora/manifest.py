@@ -13,6 +13,8 @@ still loads) and holds::
     ledger                   the updates in the weights, in order: task, method, file, SHA-256,
                              sign (+1 added, -1 removed); ``exact`` is false when the weights are
                              not the base plus these updates (methods that train every weight)
+    run                      the run that wrote it: method, seed, eval_batch_size, and the stream
+                             settings (data_dir, task_file, ...) that `jumplora evaluate` reads again
 
 Every command that writes a model writes its manifest; every command that reads a model checks it.
 """
@@ -27,6 +29,8 @@ from jumplora.data.tasks import PROMPT_TEMPLATE, Task
 from jumplora.errors import JumploraError
 
 MANIFEST = "jumplora-model.json"
+# The settings that say where a run's tasks came from: `jumplora evaluate` reads the data again.
+STREAM_KEYS = ("benchmark", "order", "tasks", "data_dir", "task_file", "add_tasks", "max_test_per_task")
 FORMAT, VERSION = "jumplora-model", 1
 SCORING = {"seq2seq": "generate", "encoder": "option-embedding"}  # causal: its mode (generate or rank)
 
@@ -63,6 +67,7 @@ class ModelManifest:
     tasks: list[LearnedTask] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
     exact: bool = True
+    run: dict = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
 
@@ -106,3 +111,50 @@ class ModelManifest:
 def scoring_of(family) -> str:
     """How a family object answers: generate, rank or option-embedding."""
     return getattr(family, "mode", None) or SCORING[family.name]
+
+
+def save_model_folder(model, tokenizer, manifest: ModelManifest, folder: Path) -> None:
+    """Write a model folder that appears whole or not at all: the transformers files, the
+    tokenizer and the manifest go into ``<folder>.tmp``, are read back, and the folder is renamed
+    into place (an older folder of that name is replaced). A crash at any point leaves either the
+    old folder or the new one, never half of one; a full disk is a one-line error."""
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        manifest.write(tmp)
+        verify_model_folder(tmp)
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise JumploraError(f"could not write the model to {folder} ({error.strerror or error}): free space or "
+                            "pass another output; a run resumes and writes it again") from None
+
+
+def verify_model_folder(folder: Path) -> None:
+    """Raise a JumploraError unless the folder's config, weights and manifest can be read."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    try:
+        json.loads((folder / "config.json").read_text())
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            raise ValueError("no *.safetensors weights")
+        for path in weights:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise JumploraError(f"the model folder {folder} is incomplete ({str(error).splitlines()[0]}): "
+                            "resume the run (or re-run the command) to write it again") from None
+    ModelManifest.read(folder)

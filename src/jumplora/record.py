@@ -91,6 +91,24 @@ class RunRecord:
     def complete(self) -> bool:
         return self.finished_tasks == len(self.tasks)
 
+    def extend_to(self, tasks: list[str], dropped: dict[str, dict[str, int]]) -> None:
+        """Grow the record of a run to a longer stream whose first tasks are this run's: the
+        matrices get rows and columns (null) for the new tasks."""
+        new = len(tasks) - len(self.tasks)
+        if tasks[: len(self.tasks)] != self.tasks or new < 0:
+            raise JumploraError(f"the run learned {self.tasks}: a resume can only add tasks after them, not "
+                                f"change them ({tasks})")
+
+        def grow(rows):
+            return None if rows is None else [list(row) + [None] * new for row in rows] + _empty_matrix(tasks)[-new:]
+
+        self.accuracy_matrix = grow(self.accuracy_matrix)
+        self.rank_accuracy_matrix = grow(self.rank_accuracy_matrix)
+        self.answer_origins = grow(self.answer_origins)
+        self.single_task_accuracy = None  # computed again for the whole stream when asked for
+        self.dropped = {**self.dropped, **{name: dropped[name] for name in tasks[len(self.tasks):]}}
+        self.tasks = list(tasks)
+
     # -- JSON --------------------------------------------------------------------------------------
 
     def to_json(self) -> dict:

@@ -16,6 +16,7 @@ from jumplora.adapters import TaskUpdate
 from jumplora.checkpoint import check_base, load_checkpoint, read_manifest, restore_rng
 from jumplora.config import RunConfig, load_config
 from jumplora.errors import JumploraError
+from jumplora.manifest import verify_model_folder
 from jumplora.record import RESULTS, RunRecord
 
 CONFIG_FILE = "config.yaml"  # the resolved configuration of a run, at the top of its output folder
@@ -23,6 +24,16 @@ CONFIG_FILE = "config.yaml"  # the resolved configuration of a run, at the top o
 # without --force (a run started on one machine can finish on another, compiled or not). Every
 # change is recorded in results.json under "resumes".
 EXECUTION_SETTINGS = ("compile", "device", "eval_batch_size", "keep_checkpoints", "log_with", "save_model")
+# A resume may append tasks (--add-tasks): the run then goes on with them after its own.
+EXTENSION_SETTINGS = ("add_tasks",)
+
+
+def saved_config(output: Path) -> RunConfig:
+    """The settings saved with the run in ``output``."""
+    saved = output / CONFIG_FILE
+    if not saved.is_file():
+        raise JumploraError(f"no run to resume in {output} (no {CONFIG_FILE}): pass the --output of a run")
+    return load_config(saved)
 
 
 def resumable_config(output: Path, overrides: dict, force: bool = False) -> RunConfig:
@@ -33,8 +44,11 @@ def resumable_config(output: Path, overrides: dict, force: bool = False) -> RunC
     if not saved.is_file():
         raise JumploraError(f"no run to resume in {output} (no {CONFIG_FILE}): pass the --output of a run")
     config = load_config(saved, overrides={"output": str(output), **overrides})
-    refused = [k for k in changed_settings(load_config(saved).to_dict(), config.to_dict())
-               if k not in EXECUTION_SETTINGS]
+    before = load_config(saved).to_dict()
+    refused = [k for k in changed_settings(before, config.to_dict()) if k not in EXECUTION_SETTINGS + EXTENSION_SETTINGS]
+    added = config.data.add_tasks or []
+    if added[: len(before.get("add_tasks") or [])] != (before.get("add_tasks") or []):
+        refused.append("add_tasks")  # tasks already learned cannot be taken back by a resume
     if refused and not force:
         raise JumploraError(f"the run in {output} used other settings for {', '.join(refused)}: "
                             "drop those flags, or add --force to resume with them")
@@ -46,14 +60,19 @@ def changed_settings(before: dict, after: dict) -> dict:
     return {k: {"was": before.get(k), "now": v} for k, v in after.items() if k != "output" and before.get(k) != v}
 
 
-def finished_record(out: Path, num_tasks: int) -> RunRecord | None:
-    """The record of a run that got through every task and saved what it had to, else None."""
+def finished_record(out: Path, tasks: list[str]) -> RunRecord | None:
+    """The record of a run that got through every task of ``tasks`` and whose every output can be
+    read (results.json, and the model folder when it saves one), else None: resume then repairs
+    what is missing from the newest checkpoint."""
     try:
         record = RunRecord.read(out / RESULTS)
+        if record.finished_tasks != len(tasks) or record.tasks != tasks:
+            return None
+        if record.config.get("save_model", True):
+            verify_model_folder(out / "model")
     except JumploraError:
         return None
-    complete = record.finished_tasks == num_tasks
-    return record if complete and (out / "model").exists() >= bool(record.config.get("save_model", True)) else None
+    return record
 
 
 def restore(checkpoint: Path, out: Path, model, strategy, jump: bool) -> tuple[int, RunRecord, np.ndarray, list]:

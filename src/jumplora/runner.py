@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from jumplora.checkpoint import write_text
-from jumplora.config import RunConfig
+from jumplora.config import RunConfig, load_config
 from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.loop import run_stream
@@ -30,7 +30,8 @@ def run(config: RunConfig, log=print, resume: bool = False) -> list[RunRecord]:
     if accelerator.is_main_process:
         _check_writable(output)
     tasks = resolve_stream(config.data)
-    if accelerator.is_main_process and not resume:
+    if accelerator.is_main_process and (not resume or _extends(output, config)):
+        # A new run's settings; or, when a resume adds tasks, the stream the run now has.
         write_text(output / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     log(f"stream: {' -> '.join(t.name for t in tasks)}  ({', '.join(f'{t.name} {len(t.train)}/{len(t.test)}' for t in tasks)} train/test)")
     _notes(config, accelerator, tasks, log)
@@ -42,6 +43,11 @@ def run(config: RunConfig, log=print, resume: bool = False) -> list[RunRecord]:
     if accelerator.is_main_process:
         log(summary_table(records))
     return records
+
+
+def _extends(output: Path, config: RunConfig) -> bool:
+    saved = load_config(output / CONFIG_FILE)
+    return (saved.data.add_tasks or []) != (config.data.add_tasks or [])
 
 
 def _notes(config: RunConfig, accelerator, tasks, log) -> None:

@@ -76,6 +76,11 @@ def convert_layout(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.t() if isinstance(module, Conv1D) else tensor
 
 
+def is_transposed(module: nn.Module) -> bool:
+    """Whether the module stores its weight as (d_in, d_out) (GPT-2's Conv1D)."""
+    return isinstance(module, Conv1D)
+
+
 def in_out_features(module: nn.Module) -> tuple[int, int]:
     d_out, d_in = linear_weight(module).shape
     return d_in, d_out

@@ -238,7 +238,10 @@ class AdapterSet:
             if not torch.isfinite(delta).all():
                 raise JumploraError(f"the update of {name} is not finite: the task diverged; lower the learning rate")
             deltas[name] = delta
-        update = TaskUpdate.from_linear_deltas(self.model, deltas, kind=self.config.kind)
+        # A plain LoRA update is exactly (B·A)·β: its factors are what is saved (adapters/update.py).
+        factors = {name: (layer.lora_A, layer.lora_B, layer.scaling) for name, layer in self.layers.items()} \
+            if self.config.kind == "lora" else None
+        update = TaskUpdate.from_linear_deltas(self.model, deltas, kind=self.config.kind, factors=factors)
         self.unload()
         update.apply(self.model)
         return update

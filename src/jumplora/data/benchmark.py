@@ -197,14 +197,14 @@ def load_task_file(
     of the prompt). A record whose label is not in ``labels`` is an error naming the record.
     """
     _check_fractions(dev_fraction, 0.0 if test_path is not None else test_fraction)
-    records = _read_records(Path(path))
+    records = read_records(Path(path))
     has_split = any("split" in record for record in records if isinstance(record, Mapping))
     examples = examples_from_records(records, str(path), text_column, label_column)
     test = []
     if test_path is not None:
         if has_split:
             raise JumploraError(f"{path} has a 'split' field and test_path is also given: use one of the two")
-        test = examples_from_records(_read_records(Path(test_path)), str(test_path), text_column, label_column)
+        test = examples_from_records(read_records(Path(test_path)), str(test_path), text_column, label_column)
     labels = tuple(labels) if labels is not None else tuple(sorted({e.label for e in examples + test}))
     _check_labels(examples, labels, str(path))
     _check_labels(test, labels, str(test_path))
@@ -272,7 +272,7 @@ def _finish_task(
     return Task(name, instruction, tuple(labels), dropped=dropped, **parts)
 
 
-def _read_records(path: Path) -> list:
+def read_records(path: Path) -> list:
     """The records of a task file, by its suffix; see :func:`load_task_file`."""
     if path.suffix not in TASK_FILE_SUFFIXES:
         raise JumploraError(f"cannot read {path}: task files must end in {', '.join(TASK_FILE_SUFFIXES)}")

@@ -32,6 +32,9 @@ class StreamConfig:
                                    metavar="DIR")
     task_file: str | None = setting(None, "a YAML/JSON list of your own tasks (see README: task files)",
                                     metavar="FILE")
+    add_tasks: list[str] | None = setting(None, "tasks appended after the stream, in order: task names of --data-dir "
+                                          "or task files (.yaml/.json); `run --resume OUTPUT --add-tasks` extends a "
+                                          "run", separator=",", metavar="NAMES|FILES")
     max_train_per_task: int | None = setting(None, "keep at most this many training examples per task "
                                              "(class-stratified, the same for every method and seed)",
                                              minimum=1, shown="all")
@@ -69,6 +72,7 @@ def resolve_stream(config: StreamConfig) -> list[Task]:
         tasks = [benchmark.load_task(name) for name in names]
     else:
         tasks = demo_stream()
+    tasks += _added(config)
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise JumploraError(f"duplicate task names in the stream {names}: name each task once")
@@ -76,6 +80,25 @@ def resolve_stream(config: StreamConfig) -> list[Task]:
         task.train = subsample(task.train, config.max_train_per_task, seed=0)
         task.test = subsample(task.test, config.max_test_per_task, seed=0)
         task.dev = subsample(task.dev, config.max_test_per_task, seed=0)
+    return tasks
+
+
+TASK_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _added(config: StreamConfig) -> list[Task]:
+    """The tasks of ``add_tasks``: a task file's tasks, or a task of the benchmark folder by name."""
+    tasks, benchmark = [], None
+    for entry in config.add_tasks or []:
+        if entry.lower().endswith(TASK_FILE_SUFFIXES):
+            tasks += _tasks_from_file(Path(entry))
+            continue
+        if benchmark is None:
+            if not config.data_dir:
+                raise JumploraError(f"--add-tasks {entry}: a task name is read from a benchmark folder: pass "
+                                    "--data-dir DIR, or give a task file (.yaml/.json)")
+            benchmark = load_benchmark(config.data_dir)
+        tasks.append(benchmark.load_task(entry))
     return tasks
 
 

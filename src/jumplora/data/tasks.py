@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from jumplora.errors import JumploraError
 
 SPLITS = ("train", "dev", "test")
+# The O-LoRA / ELLA / JumpLoRA prompt (build_prompt); a model's manifest records it.
+PROMPT_TEMPLATE = "{instruction}\nOption: {options}\n{sentence}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,8 @@ def build_prompt(instruction: str, labels: Sequence[str], sentence: str) -> str:
     The target the model must produce is the label string itself. When the instruction is empty
     (COPA, whose options ``A``/``B`` are spelled out inside the sentence) its line is left out.
     """
-    options = f"Option: {', '.join(labels)}"
-    lines = [instruction, options] if instruction else [options]
-    return "\n".join([*lines, sentence, "Answer:"])
+    text = PROMPT_TEMPLATE.format(instruction=instruction, options=", ".join(labels), sentence=sentence)
+    return text if instruction else text[1:]  # no instruction: no empty first line
 
 
 def normalize_answer(text: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from jumplora.data.tasks import Example, Task, normalize_answer
 from jumplora.errors import JumploraError
@@ -60,13 +61,15 @@ class Family:
         """Predicted label strings for a batch of tokenised prompts (called in inference mode)."""
         raise NotImplementedError
 
-    def predict(self, model: nn.Module, task: Task, examples: Sequence[Example], batch_size: int = 64) -> list[str]:
+    def predict(self, model: nn.Module, task: Task, examples: Sequence[Example], batch_size: int = 64,
+                progress: bool = False) -> list[str]:
         """The predicted label string of each example, in the order of ``examples``.
 
         Examples are batched in order of prompt length, so a batch holds little padding; a
         forward holds about ``batch_size`` rows, halved whenever one runs out of device memory,
         so a large ``batch_size`` is safe: the largest batch that fits is used. The model runs in
         eval mode under ``torch.inference_mode()`` and gets its previous train/eval mode back.
+        ``progress`` shows a progress bar over the examples.
         """
         if batch_size < 1:
             raise JumploraError(f"batch_size is {batch_size}: pass a positive number of examples")
@@ -74,7 +77,8 @@ class Family:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         step = max(1, batch_size // self.rows_per_example(task))
         predictions = [""] * len(ids)
-        with evaluating(model), torch.inference_mode():
+        bar = tqdm(total=len(ids), desc=f"predict {task.name}", unit="example", disable=not progress, leave=False)
+        with evaluating(model), torch.inference_mode(), bar:
             state = self.prepare(model, task) if ids else None
             start = 0
             while start < len(order):
@@ -94,6 +98,7 @@ class Family:
                 for i, prediction in zip(chunk, batch_predictions):
                     predictions[i] = prediction
                 start += len(chunk)
+                bar.update(len(chunk))
         return predictions
 
 

@@ -100,13 +100,14 @@ def _method_label(method: str, config: dict) -> str:
 def _stream(tasks: list[str], config: dict) -> Stream:
     benchmark = config.get("benchmark")
     order = config.get("order")
-    if config.get("tasks") or config.get("task_file"):
-        order = None  # an explicit task list replaces the benchmark's orders
+    custom = config.get("tasks") or config.get("task_file") or config.get("add_tasks")
+    if custom:
+        order = None  # an explicit task list (or tasks added to an order) is not the benchmark's order
     elif order is None and benchmark in DEFAULT_ORDER:
         order = DEFAULT_ORDER[benchmark]
     if order is not None:
         return Stream(tuple(tasks), int(order), benchmark_of_order(order), f"order {order}")
-    name = "custom" if config.get("tasks") or config.get("task_file") else "demo"
+    name = "custom" if custom else "demo"
     return Stream(tuple(tasks), None, name, name)
 
 

@@ -1,0 +1,110 @@
+"""Using a trained model: predict the labels of new inputs, evaluate it on tasks' test splits.
+
+Both read the model folder's manifest (:mod:`jumplora.manifest`) for the family, the scoring rule,
+the prompt and the tasks it learned. Prediction is task-agnostic, as training was: the prompt lists
+the named task's options, no task id reaches the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from jumplora.data import Example, Task
+from jumplora.data.benchmark import read_records
+from jumplora.data.stream import StreamConfig, resolve_stream
+from jumplora.errors import JumploraError
+from jumplora.evaluation import evaluate
+from jumplora.families import load_model
+from jumplora.manifest import ModelManifest
+
+TEXT_COLUMNS = ("sentence", "text")  # an input file's text, when --text-column is not given
+
+
+def load_trained(folder: Path):
+    """(model, tokenizer, family, manifest) of a model folder written by jumplora."""
+    manifest = ModelManifest.read(folder)
+    model, tokenizer, family = load_model(str(folder), family=manifest.family, **manifest.family_options())
+    return model.eval(), tokenizer, family, manifest
+
+
+def task_to_ask(manifest: ModelManifest, name: str | None, instruction: str | None, labels: list[str] | None) -> Task:
+    """A learned task by name, or (zero-shot) a new one from an instruction and its labels."""
+    if labels:
+        return Task(name or "new task", instruction or "", tuple(labels))
+    if instruction is not None:
+        raise JumploraError("--instruction needs --labels (the options of the new task), comma-separated")
+    if name is None:
+        known = ", ".join(t.name for t in manifest.tasks)
+        raise JumploraError(f"pass --task NAME (the model learned: {known}), or --instruction and --labels")
+    return manifest.task(name).as_task()
+
+
+def read_inputs(path: Path, text_column: str | None) -> list[str]:
+    """The texts of a JSONL / JSON / CSV / TSV file, one record each (see data.benchmark); a record
+    without a text is an error that names it."""
+    records = read_records(path)
+    first = records[0] if isinstance(records[0], dict) else {}
+    column = text_column or next((c for c in TEXT_COLUMNS if c in first), TEXT_COLUMNS[0])
+    texts = []
+    for index, record in enumerate(records):
+        text = record.get(column) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise JumploraError(f"record {index} of {path} has no text field {column!r}: give every record one "
+                                "(or pass --text-column NAME)")
+        texts.append(text)
+    return texts
+
+
+def predict(folder: Path, task: Task | None, texts: list[str], name: str | None = None, instruction: str | None = None,
+            labels: list[str] | None = None, batch_size: int | None = None) -> tuple[Task, list[str]]:
+    """(the task asked, the predicted label of each text)."""
+    model, _, family, manifest = load_trained(folder)
+    task = task or task_to_ask(manifest, name, instruction, labels)
+    if not texts:
+        raise JumploraError("no input given: pass TEXT arguments or --input FILE")
+    examples = [Example(text, task.labels[0]) for text in texts]
+    size = batch_size or manifest.run.get("eval_batch_size", 64)
+    return task, family.predict(model, task, examples, batch_size=size, progress=len(examples) > size)
+
+
+def write_predictions(path: Path, texts: list[str], predictions: list[str]) -> None:
+    """JSONL (``{"text", "prediction"}`` a line), or CSV / TSV with those two columns, atomically."""
+    from jumplora.checkpoint import write_text
+
+    if path.suffix in (".csv", ".tsv"):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, delimiter="," if path.suffix == ".csv" else "\t")
+        writer.writerows([("text", "prediction"), *zip(texts, predictions)])
+        text = buffer.getvalue()
+    else:
+        text = "".join(json.dumps({"text": t, "prediction": p}) + "\n" for t, p in zip(texts, predictions))
+    try:
+        write_text(path, text)
+    except OSError as error:
+        raise JumploraError(f"cannot write {path} ({error.strerror}): pass another --output") from None
+
+
+def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, batch_size: int | None,
+                   max_test: int | None = None) -> dict:
+    """Accuracy (percent) per task on its test split: ``{task: {"accuracy", "examples"}}``.
+
+    ``stream``: the data settings (StreamConfig keys); None reads the tasks again as the run that
+    wrote the model did (its manifest). By default the tasks the model learned; ``only`` picks some.
+    """
+    model, _, family, manifest = load_trained(folder)
+    settings = dict(stream if stream is not None else manifest.run.get("stream") or {})
+    if max_test is not None:
+        settings["max_test_per_task"] = max_test
+    tasks = resolve_stream(StreamConfig(**settings))
+    wanted = only or ([t.name for t in manifest.tasks] if stream is None else [t.name for t in tasks])
+    by_name = {task.name: task for task in tasks}
+    missing = [name for name in wanted if name not in by_name]
+    if missing:
+        raise JumploraError(f"no test data for {', '.join(missing)} in the tasks given ({', '.join(by_name)}): "
+                            "pass the --task-file or --data-dir they come from")
+    size = batch_size or manifest.run.get("eval_batch_size", 64)
+    return {name: {"accuracy": evaluate(model, family, by_name[name], size), "examples": len(by_name[name].test)}
+            for name in wanted}
