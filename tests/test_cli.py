@@ -142,3 +142,35 @@ def test_apply_refuses_an_update_for_another_model(files, tmp_path, capsys):
     assert main(["apply", "--model", str(files["model"]), "--update", str(tmp_path / "foreign.safetensors"),
                  "--output", str(tmp_path / "new")]) == 2
     assert "was made for the base model smollm2-135m, not tiny-llama" in capsys.readouterr().err
+
+
+def test_every_run_option_explains_itself():
+    """Each option of `jumplora run --help` says what it is, not only its default."""
+    from jumplora.cli import build_parser
+
+    parser = build_parser()
+    run = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" run"))
+    options = [a for a in run._actions if a.option_strings and a.dest != "help"]
+    assert len(options) > 40
+    for action in options:
+        words = (action.help or "").split("; default:")[0].strip()
+        assert len(words) >= 12 and not words.startswith("default"), (action.option_strings, action.help)
+    text = " ".join(run.format_help().split())  # argparse wraps lines
+    assert "one of fp32, bf16, fp16, bf16-base" in text and "--no-also-rank" in text
+    assert "(the demo, without data flags: 16)" in text  # the batch size `jumplora run` really uses
+
+
+def test_yaml_keys_are_the_flags_and_a_typo_gets_the_closest_key(tmp_path, capsys):
+    from jumplora.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("method: inclora\nseed: 3\nlearning-rate: 5e-3\nmax_train_per_task: 8\n")
+    config = load_config(path)
+    assert (config.methods, config.seeds, config.optim.learning_rate) == (["inclora"], [3], 0.005)
+    path.write_text("learning_rat: 0.1\n")
+    assert main(["run", "--config", str(path), "--output", str(tmp_path / "out")]) == 2
+    assert "unknown configuration key(s) learning_rat (did you mean learning_rate?)" in capsys.readouterr().err
+    path.write_text("batch_size: 2.5\n")
+    assert main(["run", "--config", str(path), "--output", str(tmp_path / "out")]) == 2
+    assert "batch_size must be a whole number, got 2.5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from _results import fake_results, write_run
+from _results import MATRIX, fake_results, write_run
 
 from jumplora.errors import JumploraError
 from jumplora.report import build_report
@@ -18,7 +18,8 @@ from jumplora.report.sparsity_plots import layer_position
 from jumplora.report.tables import Summary, group_summaries, run_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-STREAM_FIGURES = ["bwt_radial.png", "sparsity_overlap.png", "sparsity_depth.png", "threshold_trace.png", "loss.png"]
+STREAM_FIGURES = ["bwt_radial.png", "jumplora_vs_base.png", "sparsity_overlap.png", "sparsity_depth.png",
+                  "threshold_trace.png", "loss.png"]
 
 # Three seeds of inclora on order 1, diagonal (80, 90, 75 + 2k) for seed k.
 SEEDS = {
@@ -52,8 +53,8 @@ def test_mean_and_sample_std_over_seeds(tmp_path):
     assert [run_metrics(r)["oa"] for r in sorted(runs, key=lambda r: r.seed)] == [73.0, 75.0, 77.0, 10.0]
 
     report = (Path(build_report([tmp_path / "runs"], tmp_path / "report")).parent / "report.md").read_text()
-    assert "| inclora | 75.0 ± 2.0 | 75.0 ± 2.0 |" in report  # Table 1: order 1, then the mean over orders
-    assert "| inclora | -11.0 ± 2.0 | 3.0 ± 2.0 |" in report  # Table 2: BWT and FWT on SC
+    assert "| inclora | 75.0 ± 2.0 (n = 3) | 75.0 ± 2.0 (n = 3) |" in report  # Table 1: order 1, then the mean over orders
+    assert "| inclora | -11.0 ± 2.0 (n = 3) | 3.0 ± 2.0 (n = 3) |" in report  # Table 2: BWT and FWT on SC
     assert "inclora seed 3 on order 1 (2/3 tasks)" in report
 
 
@@ -61,7 +62,7 @@ def test_one_seed_has_std_zero(tmp_path):
     write_run(tmp_path, fake_results("inclora", 0, order=1))
     runs = load_runs([tmp_path])
     assert group_summaries(runs, "oa", lambda run: run.method) == {"inclora": Summary(73.0, 0.0, 1)}
-    assert str(Summary(73.0, 0.0, 1)) == "73.0 ± 0.0"
+    assert str(Summary(73.0, 0.0, 1)) == "73.0 (n = 1)"
 
 
 def _every_kind_of_run(root: Path) -> None:
@@ -108,7 +109,7 @@ def test_missing_data_skips_figures_with_a_note(tmp_path):
     page = build_report([tmp_path / "runs"], tmp_path / "report")
     assert sorted(p.name for p in page.parent.glob("*.png")) == ["accuracy_inclora_seed0.png", "bwt_radial.png", "loss.png"]
     markdown = (page.parent / "report.md").read_text()
-    assert markdown.count("figure skipped") == 3
+    assert markdown.count("figure skipped") == 4
     assert "the ablation table is omitted" in markdown
 
 
@@ -177,7 +178,7 @@ def test_html_loads_every_image_in_chromium(full_report, tmp_path):
     page = full_report
     html = page.read_text()
     assert "<script" not in html and "http://" not in html and "https://" not in html
-    assert html.count("<img") == html.count('src="data:image/png;base64,') == 13
+    assert html.count("<img") == html.count('src="data:image/png;base64,') == 14
 
     # A copy with a checking script (the report itself has none) records what the browser loaded.
     probe = tmp_path / "probe.html"
@@ -185,7 +186,7 @@ def test_html_loads_every_image_in_chromium(full_report, tmp_path):
                                   "Array.from(document.images); document.title = 'loaded ' + images.filter(i => "
                                   "i.complete && i.naturalWidth > 0).length + ' of ' + images.length; });</script></body>"))
     dom = _chromium(chromium, tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
-    assert "<title>loaded 13 of 13</title>" in dom
+    assert "<title>loaded 14 of 14</title>" in dom
 
     _chromium(chromium, tmp_path, "--hide-scrollbars", "--window-size=1200,2400",
               f"--screenshot={tmp_path / 'shot.png'}", page.as_uri())
@@ -253,3 +254,52 @@ def test_bad_folders_and_files(tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(JumploraError, match="is a file: pass a folder"):
         build_report([tmp_path / "a"], tmp_path / "taken")
+
+
+def captured_canvas(monkeypatch, module):
+    """The matplotlib canvas a figure function draws, instead of its PNG."""
+    drawn = []
+    monkeypatch.setattr(module, "save", lambda canvas, folder, filename, caption: drawn.append(canvas) or caption)
+    return drawn
+
+
+def test_the_radial_figure_shows_accuracy_when_learned_and_at_the_end(tmp_path, monkeypatch):
+    from jumplora.report import accuracy_plots
+    from jumplora.report.load import load_runs
+
+    write_run(tmp_path / "runs", fake_results("inclora", 0))
+    drawn = captured_canvas(monkeypatch, accuracy_plots)
+    accuracy_plots.bwt_radial(load_runs([tmp_path / "runs"]), tmp_path, "x.png", {"inclora": "C0"})
+    ax = drawn[0].axes[0]
+    assert ax.get_ylim() == (0.0, 100.0) and min(ax.get_yticks()) > 0  # no negative radii
+    last, learned = (line.get_ydata() for line in ax.get_lines()[:2])
+    assert list(last) == [60.0, 84.0, 75.0, 60.0] and list(learned) == [80.0, 90.0, 75.0, 80.0]  # MATRIX
+
+
+def test_jumplora_is_drawn_beside_its_base_per_seed(tmp_path, monkeypatch):
+    from jumplora.report import accuracy_plots
+    from jumplora.report.load import load_runs
+
+    for method, seed, last in [("inclora", 0, 60.0), ("inclora", 1, 63.0), ("jumplora+inclora", 0, 70.0)]:
+        matrix = [row[:] for row in MATRIX]
+        matrix[2][0] = last
+        write_run(tmp_path / "runs", fake_results(method, seed, matrix=matrix))
+    drawn = captured_canvas(monkeypatch, accuracy_plots)
+    accuracy_plots.jumplora_vs_base(load_runs([tmp_path / "runs"]), tmp_path, "x.png",
+                                    {"inclora": "C0", "jumplora+inclora": "C1"})
+    oa_axis, bwt_axis = drawn[0].axes[:2]
+    points = [collection.get_offsets()[:, 1].tolist() for collection in oa_axis.collections]
+    oa = lambda last: (last + 84.0 + 75.0) / 3
+    assert points == [[oa(60.0), oa(63.0)], [oa(70.0)]]  # the base first, one dot per seed
+    bwt = [collection.get_offsets()[:, 1].tolist() for collection in bwt_axis.collections]
+    assert bwt[1] == [((70.0 - 80.0) + (84.0 - 90.0)) / 2]
+
+
+def test_percent_panels_start_at_zero(tmp_path, monkeypatch):
+    from jumplora.report import sparsity_plots
+    from jumplora.report.load import load_runs
+
+    write_run(tmp_path / "runs", fake_results("jumplora+inclora", 0))
+    drawn = captured_canvas(monkeypatch, sparsity_plots)
+    sparsity_plots.sparsity_overlap(load_runs([tmp_path / "runs"]), tmp_path, "x.png", {"jumplora+inclora": "C1"})
+    assert [ax.get_ylim() for ax in drawn[0].axes[:2]] == [(0.0, 100.0), (0.0, 100.0)]

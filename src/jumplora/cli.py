@@ -87,21 +87,27 @@ def add_use_commands(sub) -> None:
 def add_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per setting of :class:`~jumplora.config.RunConfig`, grouped by section, its help
     from the field's metadata. Values stay text here; the config coerces and checks them."""
-    from jumplora.config import RunConfig, flat_fields, section_types
+    from jumplora.config import PRESETS, RunConfig, flat_fields, section_types
 
     titles = {None: RunConfig.TITLE, **{name: kind.TITLE for name, kind in section_types().items()}}
+    demo = PRESETS["demo"]  # what `jumplora run` without data flags uses
     groups: dict = {}
     for key, owner, field in flat_fields():
         group = groups.get(owner) or groups.setdefault(owner, parser.add_argument_group(titles[owner]))
         cli = dict(field.metadata["cli"])
         flag = cli.pop("flag", "--" + key.replace("_", "-"))
         kind = field_type(owner, field)
-        options = {"dest": key, "default": None, "help": help_text(field), **cli}
+        text = help_text(field)
+        if key in demo and key not in ("benchmark", "methods"):
+            text += f" (the demo, without data flags: {demo[key]})"
+        options = {"dest": key, "default": None, "help": text.replace("%", "%%"), **cli}
         if kind is bool:
             group.add_argument(flag, nargs="?", const="true", metavar="true|false", **options)
             group.add_argument("--no-" + flag[2:], dest=key, action="store_const", const="false",
                                help=f"the same as {flag} false")
             continue
+        if "metavar" not in options and kind in (int, float):
+            options["metavar"] = "N" if kind is int else "X"
         separator = options.pop("separator", None)
         if separator is not None:
             options["type"] = _splitter(separator, always=typing.get_origin(kind) in (list, tuple))

@@ -31,19 +31,28 @@ from jumplora.strategies.registry import parse_method
 from jumplora.train import batches, train_task
 
 
-def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None, resume=False):
+def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None, resume=False,
+               progress=None):
     """One method, one seed, the whole stream; returns its record and the final merged model
-    (None for a run that was already finished)."""
+    (None for a run that was already finished). ``progress``: a bar advanced by one per task."""
     out = Path(output or Path(config.output) / method / f"seed{seed}")
     if resume and (done := finished_record(out, [task.name for task in tasks])) is not None:
         log(f"[{method} seed {seed}] already finished in {out}")
+        _advance(progress, len(tasks))
         return done, None
     run = StreamRun(config, method, seed, tasks, accelerator, out, log)
     run.start(resume)
+    _advance(progress, run.first)
     for t, stage in run.stages():
         run.train_stage(t, stage, single_task)
+        _advance(progress, len(stage))
     run.save_model()
     return run.record, run.model
+
+
+def _advance(progress, tasks: int) -> None:
+    if progress is not None:
+        progress.update(tasks)
 
 
 class StreamRun:

@@ -8,10 +8,13 @@ over one stream is :mod:`jumplora.loop`; resuming is :mod:`jumplora.resume`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
+from tqdm.auto import tqdm
 
+from jumplora.adapters import JumpSchedule
 from jumplora.checkpoint import write_text
 from jumplora.config import RunConfig, load_config
 from jumplora.data.stream import resolve_stream
@@ -36,12 +39,15 @@ def run(config: RunConfig, log=print, resume: bool = False) -> list[RunRecord]:
     log(f"stream: {' -> '.join(t.name for t in tasks)}  ({', '.join(f'{t.name} {len(t.train)}/{len(t.test)}' for t in tasks)} train/test)")
     _notes(config, accelerator, tasks, log)
     records = []
-    for method in config.methods:
-        for seed in config.seeds:
-            baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) if config.single_task_baselines else None
-            records.append(run_stream(config, method, seed, tasks, accelerator, log, baselines, resume=resume)[0])
+    total = len(config.methods) * len(config.seeds) * len(tasks)
+    with tqdm(total=total, desc="all runs", unit="task", disable=not accelerator.is_local_main_process) as progress:
+        for method in config.methods:
+            for seed in config.seeds:
+                baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) if config.single_task_baselines else None
+                records.append(run_stream(config, method, seed, tasks, accelerator, log, baselines, resume=resume,
+                                          progress=progress)[0])
     if accelerator.is_main_process:
-        log(summary_table(records))
+        log(summary_table(records, config.output))
     return records
 
 
@@ -61,6 +67,25 @@ def _notes(config: RunConfig, accelerator, tasks, log) -> None:
     for task in tasks:
         if any(task.dropped.values()):
             log(f"  {task.name}: dropped {task.dropped} records whose label is not one of {list(task.labels)}")
+    for warning in step_warnings(config, tasks):
+        log(warning)
+
+
+def step_warnings(config: RunConfig, tasks) -> list[str]:
+    """A warning per task with too few optimiser steps to mean much: under 10, or so few that the
+    JumpLoRA schedule has no room (S_start = S_final: τ is never learned, the gate keeps its k
+    entries)."""
+    warnings = []
+    for task in tasks:
+        steps = math.ceil(len(task.train) / config.optim.batch_size) * config.optim.epochs
+        schedule = JumpSchedule(max(steps, 1), config.adapter.start_fraction, config.adapter.final_fraction)
+        if steps < 10 or schedule.start == schedule.final:
+            warnings.append(
+                f"warning: task {task.name} gets {steps} optimiser step(s) ({len(task.train)} examples, batch "
+                f"{config.optim.batch_size}, {config.optim.epochs} epoch(s)); S_start = {schedule.start}, S_final = "
+                f"{schedule.final}: the gate and τ need more. Give it more examples (--max-train-per-task), a "
+                "smaller --batch-size or more --epochs")
+    return warnings
 
 
 def _check_writable(output: Path) -> None:

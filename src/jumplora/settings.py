@@ -172,8 +172,8 @@ def did_you_mean(word: str, known: list[str]) -> str:
 def help_text(field: dataclasses.Field) -> str:
     """What ``--help`` says of a setting: its help, its allowed values, its default."""
     meta, parts = field.metadata, [field.metadata["help"]]
-    choices = meta.get("choices")
-    if choices is not None and not callable(choices):
+    choices = choices_of(field)
+    if choices is not None:
         parts.append("one of " + ", ".join(map(str, choices)))
     shown = meta.get("shown")
     if shown is None:

@@ -175,7 +175,7 @@ def load_task_file(
     name: str,
     instruction: str,
     labels: Sequence[str] | None = None,
-    text_column: str = "sentence",
+    text_column: str | None = None,
     label_column: str = "label",
     test_path: str | Path | None = None,
     dev_fraction: float = 0.1,
@@ -193,11 +193,15 @@ def load_task_file(
        record then needs one): it decides, and the fractions are not used.
     3. otherwise one stratified, seeded cut: ``test_fraction`` test, ``dev_fraction`` dev, the rest train.
 
+    ``text_column=None`` takes ``sentence``, or ``text`` when the records have no ``sentence``.
     ``labels=None`` takes the sorted distinct labels of the data (their order is the option order
     of the prompt). A record whose label is not in ``labels`` is an error naming the record.
     """
     _check_fractions(dev_fraction, 0.0 if test_path is not None else test_fraction)
     records = read_records(Path(path))
+    if text_column is None:
+        first = records[0] if isinstance(records[0], Mapping) else {}
+        text_column = "text" if "sentence" not in first and "text" in first else "sentence"
     has_split = any("split" in record for record in records if isinstance(record, Mapping))
     examples = examples_from_records(records, str(path), text_column, label_column)
     test = []

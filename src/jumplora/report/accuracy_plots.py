@@ -44,36 +44,73 @@ def forgetting_per_task(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return drops[-1], np.nanmax(np.where(np.tri(len(matrix), dtype=bool), drops, np.nan), axis=0)
 
 
+def _sequential(runs: list[Run]) -> list[Run]:
+    """Complete runs with the whole lower triangle measured (not mtl's single row)."""
+    return [r for r in runs if r.complete and not np.isnan(r.accuracy[np.tril_indices(len(r.accuracy))]).any()]
+
+
 def bwt_radial(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:
-    """Paper Fig. 2: forgetting per task on a polar plot, one closed line per method (mean over seeds)."""
-    sequential = [r for r in runs if r.complete and not np.isnan(r.accuracy[np.tril_indices(len(r.accuracy))]).any()]
+    """Paper Fig. 2: each task's accuracy when learned and after the last task on a polar plot, one
+    pair of closed lines per method (mean over seeds): the gap between them is the forgetting."""
+    sequential = _sequential(runs)
     if not sequential:
         return Paragraph("Forgetting per task: no complete run of a sequential method on this stream; figure skipped.")
     tasks = sequential[0].stream.tasks
     theta = 2 * np.pi * np.arange(len(tasks) + 1) / len(tasks)  # the first task again at the end: a closed line
-    canvas, ax = new_figure((6.0, 6.0), projection="polar")
-    radii, handles = [0.0], []
+    canvas, ax = new_figure((6.4, 6.4), projection="polar")
+    handles = []
     for method, group in by_method(sequential).items():
-        final, worst = (np.mean(values, axis=0) for values in zip(*(forgetting_per_task(r.accuracy) for r in group)))
-        handles += ax.plot(theta, np.append(final, final[0]), "-o", color=colors[method], label=method, markersize=4)
-        ax.plot(theta, np.append(worst, worst[0]), ":", color=colors[method], linewidth=1.0, alpha=0.7)
-        radii += [*final, *worst]
-    low, high = min(radii), max(radii)
-    pad = max(1.0, 0.15 * (high - low))
-    ax.set_ylim(low - pad, high + pad)  # the centre is the largest gain, not 0: a negative drop stays visible
-    ax.plot(np.linspace(0, 2 * np.pi, 200), np.zeros(200), color="black", linewidth=1)
-    ax.set_xticks(theta[:-1], tasks, fontsize=8)
+        learned = np.mean([np.diag(r.accuracy) for r in group], axis=0)
+        last = np.mean([r.accuracy[-1] for r in group], axis=0)
+        handles += ax.plot(theta, np.append(last, last[0]), "-o", color=colors[method], label=method, markersize=4)
+        ax.plot(theta, np.append(learned, learned[0]), "--", color=colors[method], linewidth=1.0, alpha=0.8)
+    ax.set_ylim(0, 100)
+    ax.set_yticks([25, 50, 75, 100], ["25", "50", "75", "100 %"], fontsize=7)
     ax.set_rlabel_position(180 / len(tasks))  # radius labels between the first two tasks' spokes
-    ax.tick_params(axis="y", labelsize=7)
-    ax.tick_params(axis="x", pad=6)
-    ax.set_title("Forgetting per task (accuracy drop, percentage points)", pad=14)
-    styles = [Line2D([], [], color="black", label="drop after the last task"),
-              Line2D([], [], color="black", linestyle=":", label="largest drop during training")]
+    ax.set_xticks(theta[:-1], tasks, fontsize=8)
+    ax.tick_params(axis="x", pad=14)  # task names clear of the markers on the 100 % circle
+    ax.set_title("Accuracy of each task: when learned and after the last task", pad=22)
+    styles = [Line2D([], [], color="grey", marker="o", markersize=4, label="after the last task"),
+              Line2D([], [], color="grey", linestyle="--", label="just after learning it")]
     legend_below(canvas, [*handles, *styles])
-    caption = (f"Forgetting per task on {sequential[0].stream.label} (paper Fig. 2). Angle: task, in training "
-               "order. Radius: drop a[i,i] - a[T-1,i] of task i from just after learning it to the end of the "
-               "stream (solid), and the largest such drop at any later point (dotted); mean over seeds. The black "
-               "circle is no change: outside it the task was forgotten, inside it improved (positive backward "
-               "transfer). The last task has no later task, so its drop is 0. Mean solid radius over all tasks "
-               "but the last = -BWT.")
+    caption = (f"Forgetting per task on {sequential[0].stream.label} (after paper Fig. 2). Angle: task, in "
+               "training order. Radius: test accuracy (%), dashed just after the task was learned (a[i,i]), solid "
+               "after the last task (a[T-1,i]); mean over seeds. Where the solid line lies inside the dashed one "
+               "the task was forgotten; the mean gap over all tasks but the last is -BWT. The last task has no "
+               "later one, so its two points coincide.")
     return save(canvas, folder, filename, caption)
+
+
+def jumplora_vs_base(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:
+    """Each JumpLoRA method beside the method it gates (jumplora+ella beside ella): OA and BWT, one
+    point per seed and the mean."""
+    from jumplora.strategies.registry import METHODS
+
+    complete = [r for r in _sequential(runs)]
+    pairs = [(m, METHODS[m].base) for m in by_method(complete) if m in METHODS and METHODS[m].base]
+    pairs = [(m, b) for m, b in pairs if any(r.method == b for r in complete)]
+    if not pairs:
+        return Paragraph("JumpLoRA against its base method: no complete pair of runs (e.g. inclora and "
+                         "jumplora+inclora) on this stream; figure skipped.")
+    canvas, axes = new_figure((4.0 + 2.2 * len(pairs), 4.2), ncols=2)
+    for ax, (metric, title) in zip(axes, (("oa", "OA (%)"), ("bwt", "BWT (pp)"))):
+        for k, pair in enumerate(pairs):
+            for j, method in enumerate(pair[::-1]):  # the base first, then its JumpLoRA version
+                x = 3 * k + j
+                values = [_metric(r, metric) for r in complete if r.method == method]
+                ax.scatter([x] * len(values), values, color=colors[method], s=18, zorder=3)
+                ax.bar(x, np.mean(values), color=colors[method], alpha=0.35, width=0.8)
+        ax.set_xticks([3 * k + j for k in range(len(pairs)) for j in range(2)],
+                      [m for pair in pairs for m in pair[::-1]], rotation=20, ha="right", fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set(title=title)
+        ax.grid(axis="y", alpha=0.3)
+    caption = (f"Each JumpLoRA method beside the method it adds the gate to, on {complete[0].stream.label}: OA "
+               "(left) and BWT (right; negative = forgetting). Dots: seeds; bars: their mean.")
+    return save(canvas, folder, filename, caption)
+
+
+def _metric(run: Run, key: str) -> float:
+    from jumplora.metrics import run_metrics
+
+    return run_metrics(run.accuracy, run.finished)[key]

@@ -5,6 +5,7 @@ when the runs cover more than one stream:
 
     accuracy_<method>_seed<k>.png   the accuracy matrix of each run
     bwt_radial.png                  forgetting per task, one line per method (paper Fig. 2)
+    jumplora_vs_base.png            OA and BWT of each JumpLoRA method beside its base method, per seed
     sparsity_overlap.png            sparsity and Jaccard overlap per task (paper Fig. 3)
     sparsity_depth.png              sparsity per block (paper Fig. 4)
     threshold_trace.png             τ over the training steps
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from jumplora.errors import JumploraError
 from jumplora.report import document
-from jumplora.report.accuracy_plots import accuracy_heatmap, bwt_radial
+from jumplora.report.accuracy_plots import accuracy_heatmap, bwt_radial, jumplora_vs_base
 from jumplora.report.curve_plots import loss_curves, threshold_trace
 from jumplora.report.document import Block, Heading, Paragraph
 from jumplora.report.load import Run, load_runs
@@ -39,6 +40,7 @@ from jumplora.report.tables import (
 TITLE = "jumplora report"
 STREAM_FIGURES = (
     ("bwt_radial", bwt_radial),
+    ("jumplora_vs_base", jumplora_vs_base),
     ("sparsity_overlap", sparsity_overlap),
     ("sparsity_depth", sparsity_depth),
     ("threshold_trace", threshold_trace),
@@ -75,8 +77,8 @@ def _overview(runs: list[Run], run_dirs: list[Path]) -> str:
     incomplete = [f"{r.method} seed {r.seed} on {r.stream.label} ({r.finished}/{len(r.stream.tasks)} tasks)"
                   for r in runs if not r.complete]
     text = (f"{len(runs)} runs from {', '.join(str(d) for d in run_dirs)}. Every table cell is a mean ± sample "
-            "standard deviation (n - 1 in the denominator) over the complete runs it covers; a single run "
-            "shows ± 0.0.")
+            "standard deviation (n - 1 in the denominator) over the n complete runs it covers; a single run "
+            "shows (n = 1).")
     if incomplete:
         text += (" Incomplete runs, shown in the figures and the list of runs but left out of the tables: "
                  + "; ".join(incomplete) + ".")

@@ -16,22 +16,53 @@ SMOOTHING = 25  # a task's loss curve is averaged over windows of 1/SMOOTHING of
 
 
 def threshold_trace(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:
-    """τ at each step; for a per-block threshold, the mean over blocks and a band from the lowest to the highest."""
+    """Left: τ at each step (for a per-block threshold, the mean over blocks and a band from the
+    lowest to the highest). Right: the fraction of ΔW's entries the gate keeps at S_start, S_final
+    and the end of each task."""
     traced = _runs_with(runs, _tau)
     if not traced:
         return Paragraph("Threshold τ over training: no run on this stream recorded a threshold_trace (plain "
                          "LoRA methods have no τ; files written before traces were recorded lack it); figure skipped.")
-
-    canvas, ax = new_figure((7.0, 4.5))
+    gated = [run for run in traced if run.record.gate]
+    canvas, axes = new_figure((11.0 if gated else 7.0, 4.5), ncols=2 if gated else 1)
+    ax = axes[0] if gated else axes
     values = _plot_curves(ax, traced, _tau, colors, band=True)
     low, high = np.nanmin(values), np.nanmax(values)
     if low > 0 and high / low > 20:
         ax.set_yscale("log")
     ax.set(title="JumpLoRA threshold τ during training", xlabel="optimiser step (tasks end to end)", ylabel="τ")
-    caption = (f"The JumpReLU threshold τ at every optimiser step on {traced[0].stream.label}, tasks in training "
-               "order with dotted lines between them; mean over seeds. With a threshold per block, the line is "
-               "the mean over blocks and the band spans the lowest to the highest block's τ.")
+    if gated:
+        _kept_panel(axes[1], gated, colors)
+    lr = traced[0].record.config.get("learning_rate", 1e-3)
+    caption = (f"Left: the JumpReLU threshold τ at every optimiser step on {traced[0].stream.label}, tasks in training "
+               "order with dotted lines between them; mean over seeds (a threshold per block: the mean over blocks, "
+               "the band from the lowest to the highest). Before S_start τ is unused (its initial value); at "
+               "S_start it is set so that k = r·(d_in + d_out) entries pass. From then on only Adam moves it, by "
+               f"about the learning rate ({lr:g}) in log τ per step at most, so over the task's remaining steps it can "
+               "change by a few percent at most: a flat line after S_start is the method at this step count, not a "
+               "stuck parameter.")
+    if gated:
+        caption += (" Right: the fraction of ΔW's entries with |ΔW| > τ at S_start (k/n by construction), at S_final "
+                    "and at the end of each task (what the merge keeps; 100 − sparsity): it grows after S_start "
+                    "when |ΔW| grows faster than τ moves.")
     return save(canvas, folder, filename, caption)
+
+
+def _kept_panel(ax, runs: list[Run], colors: dict) -> None:
+    tasks = list(runs[0].stream.tasks)
+    x = np.arange(1, len(tasks) + 1)
+    styles = {"s_start": (":", "S_start"), "s_final": ("--", "S_final"), "end": ("-", "end")}
+    for method, group in by_method(runs).items():
+        for point, (style, name) in styles.items():
+            rows = [[100 * np.mean(list(r.record.gate.get(t, {}).get(point, {}).get("kept", {}).values() or [np.nan]))
+                     for t in tasks] for r in group]
+            ax.plot(x, nan_mean(rows), style, marker="o", markersize=3, color=colors[method],
+                    label=f"{method}: {name}")
+    ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 4 else 0, ha="right" if len(tasks) > 4 else "center")
+    ax.set(title="Entries the gate keeps", xlabel="task (training order)", ylabel="|ΔW| > τ (% of entries)")
+    ax.set_ylim(0, None)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def loss_curves(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:

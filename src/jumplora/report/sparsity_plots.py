@@ -37,6 +37,7 @@ def sparsity_overlap(runs: list[Run], folder: Path, filename: str, colors: dict)
                               (right, "Overlap with earlier tasks", "mean Jaccard index with earlier tasks (%)")):
         ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 4 else 0, ha="right" if len(tasks) > 4 else "center")
         ax.set(title=title, xlabel="task (training order)", ylabel=ylabel)
+        ax.set_ylim(0, 100)  # both are percentages: a change of 0.3 points should look like one
         ax.grid(alpha=0.3)
     legend_below(canvas, left.get_lines())
     caption = (f"Left: mean sparsity (fraction of exact zeros) of each task's merged JumpLoRA update on "

@@ -1,4 +1,5 @@
-"""The summary a run prints when it ends: each run's accuracy matrix, then one line of metrics per run.
+"""The summary a run prints when it ends: each run's accuracy matrix, a table of metrics per method,
+a verdict per JumpLoRA method against its base method, where the outputs are and what comes next.
 
 Beside the report's tables, but plain text and without matplotlib: `jumplora run` prints it.
 """
@@ -8,24 +9,106 @@ from __future__ import annotations
 import numpy as np
 
 from jumplora.record import RunRecord
+from jumplora.strategies.registry import METHODS
+
+DASH = "—"
 
 
-def summary_table(records: list[RunRecord]) -> str:
+def summary_table(records: list[RunRecord], output: str | None = None) -> str:
+    """The text described in the module docstring (``output``: the run's folder, for the next steps)."""
     lines = []
-    for r in records:
-        lines.append(f"\n{r.method} (seed {r.seed}) accuracy matrix, % (row t: after training task t)")
-        lines.append("  " + " ".join(f"{n[:12]:>12}" for n in r.tasks))
-        for row in r.accuracy_matrix:
-            if any(v is not None for v in row):
-                lines.append("  " + " ".join(f"{'':>12}" if v is None else f"{v:12.1f}" for v in row))
-    lines.append("\nmethod                 seed      OA     BWT     FWT  sparsity  jaccard")
-    for r in records:
-        m = r.metrics
-        sparsity = np.mean(list(r.mean_sparsity.values())) if r.mean_sparsity else None
-        jac = [v for v in r.jaccard["mean_with_previous"] if v is not None]
-        cells = [m.get("oa"), m.get("bwt"), m.get("fwt"), None if sparsity is None else 100 * sparsity,
-                 100 * float(np.mean(jac)) if jac else None]
-        lines.append(f"{r.method:<22} {r.seed:>4} " + " ".join("       -" if c is None else f"{c:8.2f}" for c in cells))
-        if r.collapsed:
-            lines.append(f"  warning: the gate collapsed (sparsity 0% or 100%) on {', '.join(r.collapsed)}")
+    for record in records:
+        lines += ["", *accuracy_block(record)]
+    lines += ["", *metrics_block(records)]
+    verdicts = [verdict(method, records) for method in dict.fromkeys(r.method for r in records)]
+    lines += [line for line in verdicts if line]
+    for record in records:
+        if record.collapsed:
+            lines.append(f"warning: {record.method} seed {record.seed}: the gate collapsed (sparsity 0% or 100%) on "
+                         f"{', '.join(record.collapsed)}")
+    if output is not None:
+        lines += ["", f"outputs: {output}/<method>/seed<k>/ (results.json, deltas/, model/)",
+                  f"next: jumplora report {output} --output {output}/report   (tables and figures)"]
     return "\n".join(lines)
+
+
+def accuracy_block(record: RunRecord) -> list[str]:
+    """The accuracy matrix with full task names; row t: after training task t."""
+    names = record.tasks
+    label = max(len("after ") + len(n) for n in names)
+    widths = [max(len(n), 6) for n in names]
+    lines = [f"{record.method}, seed {record.seed}: test accuracy (%) after each task",
+             " " * label + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
+    for t, row in enumerate(record.accuracy_matrix or []):
+        if any(v is not None for v in row):
+            cells = "  ".join(("" if v is None else f"{v:.1f}").rjust(w) for v, w in zip(row, widths))
+            lines.append(f"after {names[t]}".ljust(label) + "  " + cells)
+    return lines
+
+
+COLUMNS = [("OA (%)", "oa"), ("BWT (pp)", "bwt"), ("FWT (pp)", "fwt"), ("sparsity (%)", "sparsity"),
+           ("overlap (%)", "overlap")]
+
+
+def run_values(record: RunRecord) -> dict[str, float | None]:
+    """OA, BWT, FWT, the mean sparsity of the merged updates and their mean Jaccard overlap with
+    earlier tasks (percent) of one run."""
+    overlap = [v for v in record.jaccard.get("mean_with_previous", []) if v is not None]
+    sparsity = list(record.mean_sparsity.values())
+    return {**{k: record.metrics.get(k) for k in ("oa", "bwt", "fwt")},
+            "sparsity": 100 * float(np.mean(sparsity)) if sparsity else None,
+            "overlap": 100 * float(np.mean(overlap)) if overlap else None}
+
+
+def spread(values: list[float | None], signed: bool = False) -> str:
+    """``mean ± std (n = k)`` over seeds, ``value (n = 1)`` for one, ``—`` for none."""
+    x = [v for v in values if v is not None]
+    if not x:
+        return DASH
+    form = "+.1f" if signed else ".1f"
+    if len(x) == 1:
+        return f"{x[0]:{form}} (n = 1)"
+    return f"{np.mean(x):{form}} ± {np.std(x, ddof=1):.1f} (n = {len(x)})"
+
+
+def metrics_block(records: list[RunRecord]) -> list[str]:
+    by_method: dict[str, list[dict]] = {}
+    for record in records:
+        by_method.setdefault(record.method, []).append(run_values(record))
+    rows = [[method] + [spread([v[key] for v in values], signed=key in ("bwt", "fwt")) for _, key in COLUMNS]
+            for method, values in by_method.items()]
+    header = ["method"] + [name for name, _ in COLUMNS]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: list) -> str:  # the method left-aligned, the numbers right-aligned under their headers
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    legend = ("OA: mean accuracy over all tasks after the last one; BWT: mean change of each earlier task's accuracy "
+              "from when it was learned to the end (negative = forgetting); FWT needs --single-task-baselines; "
+              "sparsity: zeros of the merged JumpLoRA updates; overlap: their Jaccard index with earlier tasks'")
+    return [fmt(header), *map(fmt, rows), legend]
+
+
+def verdict(method: str, records: list[RunRecord]) -> str | None:
+    """One line: a JumpLoRA method against its base method on the same seeds (None when either is missing)."""
+    spec = METHODS.get(method)
+    base = spec.base if spec is not None else None
+    if base is None:
+        return None
+    ours = {r.seed: run_values(r) for r in records if r.method == method}
+    theirs = {r.seed: run_values(r) for r in records if r.method == base}
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    delta = {k: [ours[s][k] - theirs[s][k] for s in seeds if ours[s][k] is not None and theirs[s][k] is not None]
+             for k in ("oa", "bwt")}
+    if not delta["oa"] or not delta["bwt"]:
+        return None
+    d_oa, d_bwt = float(np.mean(delta["oa"])), float(np.mean(delta["bwt"]))
+    words = {(True, True): "forgets less and ends higher", (True, False): "forgets less but ends lower",
+             (False, True): "ends higher but forgets more", (False, False): "no gain: forgets more and ends lower"}
+    text = words[(d_bwt > 0, d_oa > 0)]
+    if len(seeds) > 1 and all(abs(np.mean(v)) <= np.std(v, ddof=1) for v in delta.values()):
+        text += " (both within the spread over seeds)"
+    return (f"verdict: {method} vs {base}: ΔOA {spread(delta['oa'], True)} pp, ΔBWT {spread(delta['bwt'], True)} pp"
+            f" on the same seeds: {text}")

@@ -29,15 +29,14 @@ class Summary:
     n: int  # how many runs
 
     def __str__(self) -> str:
-        return f"{self.mean:.1f} ± {self.std:.1f}"
+        return f"{self.mean:.1f} (n = 1)" if self.n == 1 else f"{self.mean:.1f} ± {self.std:.1f} (n = {self.n})"
 
 
 def summarize(values: list[float | None]) -> Summary | None:
     """Mean and sample std s = sqrt(sum_k (x_k - mean)^2 / (n - 1)) of the values that are not None.
 
     ddof = 1 because the seeds are a sample of all the seeds one could run. With one value s is
-    undefined; it is reported as 0 (shown "± 0.0") so that every cell has the same form. None when
-    there is no value.
+    undefined: it is stored as 0 and shown as "(n = 1)". None when there is no value.
     """
     x = np.array([v for v in values if v is not None], dtype=float)
     if x.size == 0:
@@ -69,7 +68,7 @@ def oa_table(runs: list[Run]) -> Table:
     rows = [[method, *(_cell(per_stream.get((method, label))) for label in labels), _cell(overall.get(method))]
             for method in methods(runs) if method in overall]
     caption = ("Overall accuracy OA = mean of the last row of the accuracy matrix (%), mean ± sample std over "
-               "seeds (± 0.0: one seed). 'Mean' pools every complete run of the method across the streams.")
+               "seeds (n: how many). 'Mean' pools every complete run of the method across the streams.")
     return Table(["Method", *labels, "Mean"], rows, caption)
 
 

@@ -1,0 +1,41 @@
+"""The files of examples/ run as the README says (at tiny sizes), so they never rot."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _results import read_run
+from jumplora.cli import main
+from jumplora.data.stream import StreamConfig, resolve_stream
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def test_the_example_task_file_reads_a_csv_with_text_and_a_jsonl():
+    topics, reviews = resolve_stream(StreamConfig(task_file=str(EXAMPLES / "tasks.yaml")))
+    assert topics.labels == ("business", "sport") and reviews.labels == ("good", "bad")
+    assert len(reviews.train) + len(reviews.dev) + len(reviews.test) == 12  # every row of the `text` column
+    assert reviews.test and topics.test
+
+
+@pytest.mark.slow
+def test_the_example_run_config_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # its task_file is relative to the repository root
+    assert main(["run", "--config", str(EXAMPLES / "run.yaml"), "--output", str(tmp_path / "out")]) == 0
+    for method in ("inclora", "jumplora+inclora"):
+        assert read_run(tmp_path / "out" / method / "seed0")["finished_tasks"] == 2
+
+
+@pytest.mark.slow
+def test_the_example_sweep_runs(tmp_path, monkeypatch, cl_benchmark_dir):
+    monkeypatch.chdir(ROOT)
+    settings = yaml.safe_load((EXAMPLES / "sweep.yaml").read_text())
+    settings.update(max_train_per_task=16, max_test_per_task=8, methods=["jumplora+inclora"], data_dir=str(cl_benchmark_dir),
+                    output=str(tmp_path / "sweep"))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(settings))
+    assert main(["sweep", "--config", str(tmp_path / "sweep.yaml")]) == 0
+    for order in settings["order"]:
+        assert read_run(tmp_path / "sweep" / f"order{order}" / "jumplora+inclora" / "seed0")["finished_tasks"] == 4
+    assert (tmp_path / "sweep" / "report" / "report.html").is_file()
