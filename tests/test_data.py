@@ -244,7 +244,7 @@ def test_task_file_single_json_is_cut_by_fractions(tmp_path):
         ("a.jsonl", "\n", {}, "a.jsonl has no records"),
         ("a.txt", "s\ta\n", {}, "task files must end in .jsonl, .ndjson, .json, .csv, .tsv"),
         ("a.json", '{"sentence": "s", "label": "a"}', {}, "must hold a JSON array of records"),
-        ("a.csv", "text,label\ns,a\n", {}, r"record 0 of .*a.csv has no 'sentence' field \(it has: text, label\)"),
+        ("a.csv", "words,label\ns,a\n", {}, r"record 0 of .*a.csv has no 'sentence' field \(it has: words, label\)"),
         ("a.jsonl", '{"sentence": "s", "label": "a", "split": "train"}\n{"sentence": "t", "label": "a"}\n', {},
          "record 1 of .* has split None: with a 'split' field, every record needs one of train, dev"),
         ("a.jsonl", '{"sentence": "s", "label": "a", "split": "train"}\n', {},
