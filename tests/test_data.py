@@ -54,7 +54,7 @@ def test_answers_are_compared_normalized():
     [
         ("", ("a",), [], "empty name"),
         ("t", (), [], "task t has an empty label list"),
-        ("t", ("Good", "Bad", "good "), [], r"label list of task t has duplicates: \['good'\]"),
+        ("t", ("Good", "Bad", "good "), [], r"label list of task t has duplicates: 'Good' and 'good ' are the same answer"),
         ("t", ("a", " "), [], "empty or non-string label"),
         ("t", ("a", "b"), [Example("x", "c")], "train example labelled 'c'"),
     ],

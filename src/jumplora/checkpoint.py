@@ -78,7 +78,9 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, strategy_tensors: dict
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_unshare(tensors), str(tmp / STATE_TENSORS))
-    (tmp / STATE_JSON).write_text(json.dumps({**info, "rng": rng_json, "base": base}))
+    # The tensors' SHA-256, checked on resume: a changed byte is refused, not trained on.
+    digest = sha256(tmp / STATE_TENSORS)
+    (tmp / STATE_JSON).write_text(json.dumps({**info, "rng": rng_json, "base": base, "sha256": digest}))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     done = sorted(p for p in folder.parent.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
@@ -97,8 +99,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(model state, strategy tensors, info with RNG states); a damaged checkpoint is a JumploraError."""
     try:
-        tensors = load_file(str(folder / STATE_TENSORS))
         info = json.loads((folder / STATE_JSON).read_text())
+        expected = info.get("sha256")  # absent from checkpoints written before it was recorded
+        if expected is not None and sha256(folder / STATE_TENSORS) != expected:
+            raise ValueError(f"{STATE_TENSORS} does not match its SHA-256 in {STATE_JSON}")
+        tensors = load_file(str(folder / STATE_TENSORS))
     except (OSError, SafetensorError, ValueError) as error:
         raise JumploraError(
             f"checkpoint {folder} is damaged ({str(error).splitlines()[0]}): delete it to resume from the one before"
@@ -200,6 +205,40 @@ def delta_entry(run_dir: Path, task: str) -> tuple[Path, dict]:
         known = ", ".join(e["task"] for e in read_manifest(run_dir))
         raise JumploraError(f"no update for task {task!r} in {run_dir}: its tasks are {known}")
     return check_sha256(run_dir / "deltas" / entries[0]["file"], entries[0]["sha256"]), entries[0]
+
+
+class OutputLock:
+    """An exclusive lock on an output folder for the length of a run: a second run into the same
+    folder is refused at once, in one line, instead of the two mixing their files. The lock is
+    the kernel's (flock): a killed run releases it."""
+
+    NAME = ".jumplora.lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / self.NAME
+        self.handle = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+        import os
+
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "?"
+            self.handle.close()
+            raise JumploraError(f"another jumplora run (process {holder}) is writing to {self.path.parent}: wait for "
+                                "it to finish, or pass another --output") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()  # closing releases the lock
 
 
 def write_json(path: Path, data) -> None:

@@ -7,14 +7,28 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 import types
 import typing
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from jumplora.errors import JumploraError
 from jumplora.settings import help_text
+
+# Failures of the machine, not of jumplora: one line that says what to do (a resume continues a
+# run from its last complete task). Any other OSError is a bug and keeps its traceback.
+ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free some space, then continue with `jumplora run --resume OUTPUT` (what is complete is kept)",
+    errno.EDQUOT: "free some quota, then continue with `jumplora run --resume OUTPUT`",
+    errno.EACCES: "check the permissions, or pass another path",
+    errno.EPERM: "check the permissions, or pass another path",
+    errno.EROFS: "the filesystem is read-only: pass an output on a writable one",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,15 +183,40 @@ def main(argv: list[str] | None = None) -> int:
     except JumploraError as error:
         print(f"jumplora: error: {error}", file=sys.stderr)
         return 2
+    except (OSError, SafetensorError) as error:
+        code = error.errno if isinstance(error, OSError) else _errno_in(str(error))
+        if code not in ENVIRONMENT_ERRORS:
+            raise
+        what = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        print(f"jumplora: error: {os.strerror(code)}{what}: {ENVIRONMENT_ERRORS[code]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jumplora: interrupted{_how_to_go_on(args)}", file=sys.stderr)
+        return 130
+
+
+def _errno_in(message: str) -> int | None:
+    """The errno a safetensors write error carries in its text ("... (os error 28)")."""
+    match = re.search(r"os error (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _how_to_go_on(args) -> str:
+    if args.command == "run":
+        return f"; resume with `jumplora run --resume {args.resume or args.output or 'runs/latest'}`"
+    if args.command == "sweep":
+        return f"; run `jumplora sweep --config {args.config}` again: finished runs are skipped, stopped ones resumed"
+    return ""
 
 
 def _run(args) -> None:
-    from jumplora.config import load_config
+    from jumplora.config import known_keys, load_config
     from jumplora.resume import resumable_config
     from jumplora.runner import run
 
-    from jumplora.config import known_keys
-
+    if args.resume and args.output and Path(args.output).resolve() != Path(args.resume).resolve():
+        raise JumploraError(f"--resume {args.resume} continues the run in that folder; --output {args.output} "
+                            "names another: drop --output (or move the run folder there and resume it)")
     overrides = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
     added = [*(overrides.pop("add_tasks", None) or []), *(args.add_task_file or [])]
     if added and not args.resume:

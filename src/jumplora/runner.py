@@ -8,17 +8,20 @@ over one stream is :mod:`jumplora.loop`; resuming is :mod:`jumplora.resume`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 from pathlib import Path
 
 import yaml
 from tqdm.auto import tqdm
 
 from jumplora.adapters import JumpSchedule
-from jumplora.checkpoint import write_text
+from jumplora.checkpoint import OutputLock, write_text
 from jumplora.config import RunConfig, load_config
 from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
+from jumplora.families.loading import check_for_run
 from jumplora.loop import run_stream
 from jumplora.record import RESULTS, RunRecord
 from jumplora.report.summary import summary_table
@@ -27,28 +30,55 @@ from jumplora.train import make_accelerator
 
 
 def run(config: RunConfig, log=print, resume: bool = False) -> list[RunRecord]:
-    """Every method × seed of the config; returns their records and prints a summary table."""
+    """Every method × seed of the config; returns their records and prints a summary table.
+
+    Everything a user can get wrong (settings, data, the model, its adapters) is checked before the
+    first byte is written; the output folder is then locked for the run, and a new run replaces
+    the earlier run in it whole (its method folders and config.yaml) before it writes.
+    """
     accelerator = make_accelerator(config.device, config.precision, config.log_with, config.output)
-    output = Path(config.output)
-    if accelerator.is_main_process:
-        _check_writable(output)
+    output, main = Path(config.output), accelerator.is_main_process
     tasks = resolve_stream(config.data)
-    if accelerator.is_main_process and (not resume or _extends(output, config)):
-        # A new run's settings; or, when a resume adds tasks, the stream the run now has.
-        write_text(output / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    log(f"stream: {' -> '.join(t.name for t in tasks)}  ({', '.join(f'{t.name} {len(t.train)}/{len(t.test)}' for t in tasks)} train/test)")
-    _notes(config, accelerator, tasks, log)
+    check_for_run(config, tasks)
+    if main:
+        _check_writable(output)
+    with OutputLock(output) if main else contextlib.nullcontext():
+        if main and not resume:
+            _clear_previous(output, log)
+        if main and (not resume or _extends(output, config)):
+            # A new run's settings; or, when a resume adds tasks, the stream the run now has.
+            write_text(output / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        log(f"stream: {' -> '.join(t.name for t in tasks)}  "
+            f"({', '.join(f'{t.name} {len(t.train)}/{len(t.test)}' for t in tasks)} train/test)")
+        _notes(config, accelerator, tasks, log)
+        records = _run_all(config, tasks, accelerator, log, resume)
+    if main:
+        log(summary_table(records, config.output))
+    return records
+
+
+def _run_all(config: RunConfig, tasks, accelerator, log, resume: bool) -> list[RunRecord]:
     records = []
     total = len(config.methods) * len(config.seeds) * len(tasks)
     with tqdm(total=total, desc="all runs", unit="task", disable=not accelerator.is_local_main_process) as progress:
         for method in config.methods:
             for seed in config.seeds:
-                baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) if config.single_task_baselines else None
+                baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) \
+                    if config.single_task_baselines else None
                 records.append(run_stream(config, method, seed, tasks, accelerator, log, baselines, resume=resume,
                                           progress=progress)[0])
-    if accelerator.is_main_process:
-        log(summary_table(records, config.output))
     return records
+
+
+def _clear_previous(output: Path, log) -> None:
+    """Remove an earlier run in ``output``: its config.yaml and every method folder (one holding
+    seed<k>/ or single_task/). Other files are left alone."""
+    earlier = sorted(d for d in output.iterdir() if d.is_dir() and (any(d.glob("seed*")) or (d / "single_task").is_dir()))
+    for folder in earlier:
+        shutil.rmtree(folder)
+    (output / CONFIG_FILE).unlink(missing_ok=True)
+    if earlier:
+        log(f"replaced the earlier run in {output} ({', '.join(d.name for d in earlier)})")
 
 
 def _extends(output: Path, config: RunConfig) -> bool:

@@ -192,3 +192,6 @@ def read_yaml(path: Path, what: str):
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise JumploraError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise JumploraError(f"cannot read {what} {path} ({getattr(error, 'strerror', None) or error}): check the file "
+                            "and its permissions") from None

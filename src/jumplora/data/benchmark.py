@@ -209,7 +209,8 @@ def load_task_file(
         if has_split:
             raise JumploraError(f"{path} has a 'split' field and test_path is also given: use one of the two")
         test = examples_from_records(read_records(Path(test_path)), str(test_path), text_column, label_column)
-    labels = tuple(labels) if labels is not None else tuple(sorted({e.label for e in examples + test}))
+    # Labels are strings: `labels: [0, 1]` in YAML means the labels "0" and "1" of the data.
+    labels = tuple(map(str, labels)) if labels is not None else tuple(sorted({e.label for e in examples + test}))
     _check_labels(examples, labels, str(path))
     _check_labels(test, labels, str(test_path))
     if test_path is not None:
@@ -307,6 +308,8 @@ def _read_text(path: Path, what: str) -> str:
         raise JumploraError(
             f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start}): re-save it as UTF-8"
         ) from error
+    except OSError as error:
+        raise JumploraError(f"cannot read {what} {path} ({error.strerror}): check its permissions") from None
 
 
 def _read_json(path: Path, what: str) -> object:

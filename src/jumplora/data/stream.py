@@ -113,6 +113,12 @@ def _tasks_from_file(path: Path) -> list[Task]:
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict) or not {"name", "instruction"} <= set(entry) or ("path" in entry) == ("hub" in entry):
             raise JumploraError(f"task {number} of {path} needs name, instruction and one of path (a file) or hub (a dataset id)")
+        for key in ("name", "instruction", "path", "hub", "test_path", "text_column", "label_column"):
+            value = entry.get(key)
+            if (value is not None or key in ("name", "instruction")) and (
+                    not isinstance(value, str) or (key == "name" and not value.strip())):
+                raise JumploraError(f"task {number} of {path}: {key} must be {'a non-empty ' if key == 'name' else ''}"
+                                    f"text, got {value!r}")
         entry = dict(entry)
         for key in ("path", "test_path"):
             if entry.get(key):

@@ -55,11 +55,13 @@ class Task:
             )
         # Answers are compared after normalisation, so "Good" and "good " are the same answer.
         normalized = [normalize_answer(label) for label in self.labels]
-        duplicates = sorted({label for label in normalized if normalized.count(label) > 1})
-        if duplicates:
+        clashes = [[label for label in self.labels if normalize_answer(label) == n]
+                   for n in dict.fromkeys(n for n in normalized if normalized.count(n) > 1)]
+        if clashes:
+            same = "; ".join(" and ".join(repr(label) for label in group) for group in clashes)
             raise JumploraError(
-                f"label list of task {self.name} has duplicates: {duplicates} "
-                "(labels are compared lower-cased, with whitespace collapsed): make them distinct"
+                f"label list of task {self.name} has duplicates: {same} are the same answer (answers are compared "
+                "lower-cased, with spaces trimmed and collapsed): make them distinct"
             )
         known = set(self.labels)
         for split in SPLITS:

@@ -32,6 +32,11 @@ class Family:
     def __init__(self, tokenizer: Any, max_source_length: int = 512):
         if max_source_length < 1:
             raise JumploraError(f"max_source_length is {max_source_length}: pass a positive token count")
+        # The tokenizer cannot cut a prompt below its own special tokens (it would return it whole).
+        floor = len(tokenizer("")["input_ids"]) + 1
+        if max_source_length < floor:
+            raise JumploraError(f"max_source_length {max_source_length} is too short for this tokenizer: its special "
+                                f"tokens and one token of text need {floor}; raise --max-source-length")
         self.tokenizer = tokenizer
         self.max_source_length = max_source_length
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,8 +61,10 @@ def load_model(
     family = family or detect_family(config)
     # Built before the weights load, so a bad option fails fast.
     handler = FAMILIES[family](tokenizer, **options)
+    _refuse_pickle_only(source)
     loaded = AUTO_CLASSES[family].from_pretrained(
-        source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **source.kwargs()
+        source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if source.gguf_file else True,
+        **source.kwargs()
     )
     if source.gguf_file:
         _compat.forget_gguf_quantization(loaded)
@@ -103,3 +106,45 @@ def load_for_run(config, device: torch.device) -> tuple[torch.nn.Module, Any, Fa
     model, tokenizer, family = load_model(source, family=name, dtype=dtype, trust_remote_code=config.trust_remote_code,
                                           **options.for_family(name))
     return model.to(device), tokenizer, family
+
+
+def check_for_run(config, tasks: list) -> None:
+    """What loading and adapting the model of a run would refuse, found before anything is written:
+    a model that cannot be read, options its family refuses (a prompt length too short for its
+    tokenizer), target modules that match nothing and a rank r larger than a layer allows. The
+    weights are not loaded: the model is built on the meta device."""
+    from jumplora.adapters import AdapterSet
+
+    source = resolve_model(config.model)
+    model_config = load_config(source, config.trust_remote_code)
+    name = config.family_options.family or detect_family(model_config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=config.trust_remote_code,
+                                                  **source.kwargs())
+    except (OSError, ValueError) as error:
+        raise JumploraError(load_error(source, error)) from error
+    family = FAMILIES[name](tokenizer, **config.family_options.for_family(name))
+    for task in tasks:  # a prompt must fit (a causal model's: next to the longest label)
+        family.prompt_ids(task, (task.train or task.test)[:1])
+    _refuse_pickle_only(source)
+    with torch.device("meta"):
+        model = AUTO_CLASSES[name].from_config(model_config, trust_remote_code=config.trust_remote_code)
+    adapters = AdapterSet(model, config.adapter_config("lora"))
+    for layer_name, layer in adapters.layers.items():
+        d_in, d_out = _compat.in_out_features(layer.base_layer)
+        if config.adapter.r > min(d_in, d_out):
+            raise JumploraError(f"rank r = {config.adapter.r} is larger than {layer_name} allows ({d_out}×{d_in}: "
+                                f"at most {min(d_in, d_out)}): lower --r")
+
+
+def _refuse_pickle_only(source: ModelSource) -> None:
+    """A local model folder whose weights are only pickle files (pytorch_model.bin): loading one runs
+    arbitrary code, so it is refused with how to convert it."""
+    folder = Path(source.path)
+    if source.gguf_file or not folder.is_dir():
+        return
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise JumploraError(
+            f"{folder} holds its weights only as pickle files (*.bin), which jumplora does not load (they can run "
+            "code): convert them once with `python -c \"from transformers import AutoModel; "
+            f"AutoModel.from_pretrained('{folder}').save_pretrained('{folder}-safe')\"` and pass the new folder")
