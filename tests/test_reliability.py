@@ -140,7 +140,7 @@ def test_a_second_run_into_a_locked_output_is_refused(setup, tmp_path, capsys):
     out.mkdir()
     with OutputLock(out):
         assert main(args(setup, out)) == 2
-    assert "another jumplora run (process" in last_error(capsys)
+    assert "another jumplora run is writing to" in last_error(capsys)
     assert not (out / "config.yaml").exists()
 
 

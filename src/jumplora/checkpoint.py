@@ -220,21 +220,14 @@ class OutputLock:
 
     def __enter__(self) -> OutputLock:
         import fcntl
-        import os
 
-        self.handle = open(self.path, "a+")
+        self.handle = open(self.path, "a")  # made once, never written: a resume of a finished run changes nothing
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "?"
             self.handle.close()
-            raise JumploraError(f"another jumplora run (process {holder}) is writing to {self.path.parent}: wait for "
-                                "it to finish, or pass another --output") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
+            raise JumploraError(f"another jumplora run is writing to {self.path.parent}: wait for it to finish, or "
+                                "pass another --output") from None
         return self
 
     def __exit__(self, *exc) -> None:

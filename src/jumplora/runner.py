@@ -71,14 +71,19 @@ def _run_all(config: RunConfig, tasks, accelerator, log, resume: bool) -> list[R
 
 
 def _clear_previous(output: Path, log) -> None:
-    """Remove an earlier run in ``output``: its config.yaml and every method folder (one holding
-    seed<k>/ or single_task/). Other files are left alone."""
-    earlier = sorted(d for d in output.iterdir() if d.is_dir() and (any(d.glob("seed*")) or (d / "single_task").is_dir()))
+    """Remove an earlier run in ``output``: its config.yaml and every ``<method>/seed<k>`` folder
+    (a method folder left empty goes too). The single-task baselines (``<method>/single_task``)
+    stay: each is keyed by its settings and reused only by a run of the same ones. Files that are
+    not a run's are left alone."""
+    earlier = sorted(seed for method in output.iterdir() if method.is_dir() for seed in method.glob("seed*")
+                     if seed.is_dir())
     for folder in earlier:
         shutil.rmtree(folder)
+        if not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
     (output / CONFIG_FILE).unlink(missing_ok=True)
     if earlier:
-        log(f"replaced the earlier run in {output} ({', '.join(d.name for d in earlier)})")
+        log(f"replaced the earlier run in {output} ({', '.join(f'{d.parent.name}/{d.name}' for d in earlier)})")
 
 
 def _extends(output: Path, config: RunConfig) -> bool:
