@@ -46,6 +46,21 @@ def test_script_writes_its_rows(script, ratio, baseline, extra, tmp_path):
         assert [row["gamma"] for row in rows if row["name"].endswith(", compiled layer kernels")] == [0.5, 1.0]
 
 
+def test_causal_step_checks_the_label_only_loss_and_writes_every_row(tmp_path):
+    rows = run_script("causal_step", tmp_path)
+    assert [row["name"] for row in rows][:3] == ["peft lora", "ours lora, full-logit", "ours lora, label-only"]
+    assert len(rows) == 9 and rows[0]["ratio_vs_lora"] == 1.0
+    for full, label_only in zip(rows[1::2], rows[2::2]):
+        assert (full["gamma"], full["loss_value"]) == (label_only["gamma"], label_only["loss_value"])  # the same loss
+        assert label_only["speedup_vs_full_logit"] > 0 and label_only["peak_mib"] is not None
+
+
+def test_eval_runs_on_the_real_smollm2(tmp_path):
+    rows = run_script("eval", tmp_path, "--model", "smollm2-135m", "--examples", "8", "--batch-size", "4")
+    assert [row["ratio_vs_naive"] for row in rows if row["name"].startswith("naive:")] == [1.0]
+    assert rows[0]["name"].startswith("ours: CausalFamily.predict")
+
+
 def test_step_rows_filter_keeps_the_baselines(tmp_path):
     rows = run_script("step", tmp_path, "--rows", "γ=1")
     assert [row["name"] for row in rows] == ["peft lora", "jumplora γ=1", "(a) peft lora, autocast bf16"]

@@ -129,14 +129,21 @@ def test_rank_picks_the_option_with_the_largest_log_likelihood(build):
     labels = ("yes", "not at all", "maybe , who knows")
     task = Task("rank", "Pick one.", labels, test=[Example(sentence, "yes") for sentence in SENTENCES[:5]])
     family = CausalFamily(tokenizer, mode="rank")
-    prompts = family.prompt_ids(task, task.test)
+    direct = check_option_log_likelihoods(model, family, task, task.test, tolerance=1e-4)
+    expected = [task.labels[j] for j in direct.argmax(-1).tolist()]
+    assert family.predict(model, task, task.test, batch_size=6) == expected
+
+
+def check_option_log_likelihoods(model, family, task, examples, tolerance: float) -> torch.Tensor:
+    """The family's batched scores of every (example, option) pair equal one unpadded forward per
+    pair; returns those direct scores."""
+    prompts = family.prompt_ids(task, examples)
     options = family.label_ids(task.labels)
     with torch.inference_mode():
         batched = family.option_log_likelihoods(model, prompts, options)
         direct = torch.tensor([[option_log_likelihood(model, p, option) for option in options] for p in prompts])
-    torch.testing.assert_close(batched, direct, atol=1e-4, rtol=1e-4)
-    expected = [task.labels[j] for j in direct.argmax(-1).tolist()]
-    assert family.predict(model, task, task.test, batch_size=6) == expected
+    torch.testing.assert_close(batched, direct, atol=tolerance, rtol=1e-4)
+    return direct
 
 
 def option_log_likelihood(model: nn.Module, prompt: list[int], option: list[int]) -> float:

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from test_families import option_log_likelihood
+from test_families import check_option_log_likelihoods
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from jumplora import AdapterConfig, AdapterSet
@@ -98,13 +98,7 @@ def test_the_label_only_loss_is_the_full_logit_loss(smollm2):
 
 def test_rank_scores_equal_one_forward_per_option(smollm2):
     model, tokenizer, _ = smollm2
-    family = CausalFamily(tokenizer, mode="rank")
-    prompts = family.prompt_ids(TASK, TASK.train)
-    options = family.label_ids(TASK.labels)
-    with torch.inference_mode():
-        cached = family.option_log_likelihoods(model, prompts, options)
-        direct = torch.tensor([[option_log_likelihood(model, prompt, option) for option in options] for prompt in prompts])
-    torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-3)
+    check_option_log_likelihoods(model, CausalFamily(tokenizer, mode="rank"), TASK, TASK.train, tolerance=1e-3)
 
 
 def test_a_run_on_the_gguf_model_saves_a_model_plain_transformers_reads(tmp_path):

@@ -18,27 +18,18 @@ from safetensors.torch import load_file, save_file
 
 from _models import save, tiny_llama
 from _results import fake_results, read_run, write_run
+from _streams import ROWS, write_tasks
 from jumplora import TaskUpdate
 from jumplora.checkpoint import OutputLock
 from jumplora.cli import main
 from jumplora.errors import JumploraError
-
-ROWS = [("the striker scored twice", "sport"), ("a slow-cooked stew", "food"), ("the team won the title", "sport"),
-        ("fresh bread this morning", "food")]
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliable")
     model, tokenizer = tiny_llama()
     save(model, tokenizer, root / "model")
-    entries = []
-    for name in ("first", "second"):
-        records = [{"sentence": f"{s} {i}", "label": y, "split": "train"} for i in range(4) for s, y in ROWS]
-        records += [{"sentence": s, "label": y, "split": "test"} for s, y in ROWS]
-        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-        entries.append({"name": name, "path": f"{name}.jsonl", "instruction": "Sport or food?"})
-    (root / "tasks.json").write_text(json.dumps(entries))
+    write_tasks(root, ("first", "second"), repeats=4, rows=ROWS[:4])
     return root
 
 

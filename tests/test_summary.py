@@ -24,7 +24,7 @@ def test_one_seed_each_gives_a_verdict_with_n_1_and_the_next_command():
                           record("jumplora+inclora", 0, [75.0, 52.0, 62.0], -2.0, sparsity=0.6)], "runs/x")
     assert "after tweet_sentiment" in text and "tweet_sentiment" in text.splitlines()[2]  # full names, labelled rows
     assert "verdict: jumplora+inclora vs inclora: ΔOA +3.0 (n = 1) pp, ΔBWT +3.0 (n = 1) pp" in text
-    assert "forgets less and ends higher" in text
+    assert "better: higher BWT (keeps earlier tasks better) and higher OA" in text
     assert "60.0 (n = 1)" in text and "25.0 (n = 1)" in text  # sparsity and overlap in percent
     assert "next: jumplora report runs/x --output runs/x/report" in text
 
@@ -36,7 +36,7 @@ def test_several_seeds_give_mean_and_spread_and_say_when_it_is_noise():
     # OA: inclora 60, 60.33; jumplora+inclora 60.33, 59.67 → ΔOA +1/3, −2/3: −0.17 ± 0.71 (sample std).
     # ΔBWT: (−4) − (−5) = +1, (−6) − (−4) = −2 → −0.5 ± 2.12.
     assert "ΔOA -0.2 ± 0.7 (n = 2) pp, ΔBWT -0.5 ± 2.1 (n = 2) pp" in text
-    assert "no gain: forgets more and ends lower (both within the spread over seeds)" in text
+    assert "no gain: lower BWT and lower OA (both within the spread over seeds)" in text
     assert "-4.5 ± 0.7 (n = 2)" in text  # inclora's BWT over its two seeds
 
 

@@ -11,12 +11,11 @@ from safetensors.torch import load_file
 
 from _models import save, tiny_llama
 from _results import read_run
+from _streams import ROWS, write_tasks
 from jumplora.cli import main
 from jumplora.manifest import MANIFEST, ModelManifest
 
 pytestmark = pytest.mark.slow
-ROWS = [("the striker scored twice", "sport"), ("a slow-cooked stew", "food"), ("the team won the title", "sport"),
-        ("fresh bread this morning", "food"), ("a world record run", "sport"), ("spicy noodle soup", "food")]
 NAMES = ("first", "second", "third", "fourth")
 
 
@@ -25,13 +24,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("use")
     model, tokenizer = tiny_llama()
     save(model, tokenizer, root / "model")
-    for name in NAMES:
-        records = [{"sentence": f"{s} {name} {i}", "label": y, "split": "train"} for i in range(8) for s, y in ROWS]
-        records += [{"sentence": f"{s} {name}", "label": y, "split": "test"} for s, y in ROWS]
-        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     for stem, names in (("three", NAMES[:3]), ("four", NAMES), ("last", NAMES[3:])):
-        entries = [{"name": n, "path": f"{n}.jsonl", "instruction": "Sport or food?"} for n in names]
-        (root / f"{stem}.json").write_text(json.dumps(entries))
+        write_tasks(root, names, repeats=8, task_file=f"{stem}.json")
     return root
 
 

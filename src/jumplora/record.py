@@ -223,22 +223,17 @@ def _fits(value, shape) -> bool:
     return isinstance(value, dict) and all(_fits(v, inner) for v in value.values())
 
 
-def _describe(shape) -> str:
+WORDS = {NUMBER: ("a number", "numbers"), OPTIONAL_NUMBER: ("a number or null", "numbers or nulls"),
+         TEXT: ("a name", "names"), ANY: ("anything", "values"),
+         RESUME: ("a resume record", "{after_task, changed: {setting: {was, now}}} records")}
+
+
+def _describe(shape, plural: bool = False) -> str:
     """``shape`` in words: ("map", ("list", NUMBER)) -> "an object of lists of numbers"."""
     if isinstance(shape, str):
-        return {NUMBER: "a number", OPTIONAL_NUMBER: "a number or null", TEXT: "a name", ANY: "anything",
-                RESUME: "a resume record"}[shape]
+        return WORDS[shape][plural]
     kind, inner = shape
     if kind == "optional":
-        return f"null or {_describe(inner)}"
-    return f"{'a list' if kind == 'list' else 'an object'} of {_plural(inner)}"
-
-
-def _plural(shape) -> str:
-    if isinstance(shape, str):
-        return {NUMBER: "numbers", OPTIONAL_NUMBER: "numbers or nulls", TEXT: "names", ANY: "values",
-                RESUME: "{after_task, changed: {setting: {was, now}}} records"}[shape]
-    kind, inner = shape
-    if kind == "optional":
-        return f"nulls or {_plural(inner)}"
-    return f"{'lists' if kind == 'list' else 'objects'} of {_plural(inner)}"
+        return f"{'nulls' if plural else 'null'} or {_describe(inner, plural)}"
+    noun = {"list": ("a list", "lists"), "map": ("an object", "objects")}[kind][plural]
+    return f"{noun} of {_describe(inner, plural=True)}"

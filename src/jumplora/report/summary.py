@@ -105,8 +105,10 @@ def verdict(method: str, records: list[RunRecord]) -> str | None:
     if not delta["oa"] or not delta["bwt"]:
         return None
     d_oa, d_bwt = float(np.mean(delta["oa"])), float(np.mean(delta["bwt"]))
-    words = {(True, True): "forgets less and ends higher", (True, False): "forgets less but ends lower",
-             (False, True): "ends higher but forgets more", (False, False): "no gain: forgets more and ends lower"}
+    words = {(True, True): "better: higher BWT (keeps earlier tasks better) and higher OA",
+             (True, False): "higher BWT (keeps earlier tasks better) but lower OA",
+             (False, True): "higher OA but lower BWT (keeps earlier tasks worse)",
+             (False, False): "no gain: lower BWT and lower OA"}
     text = words[(d_bwt > 0, d_oa > 0)]
     if len(seeds) > 1 and all(abs(np.mean(v)) <= np.std(v, ddof=1) for v in delta.values()):
         text += " (both within the spread over seeds)"
