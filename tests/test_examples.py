@@ -26,6 +26,15 @@ def test_the_example_run_config_runs(tmp_path, monkeypatch):
     assert main(["run", "--config", str(EXAMPLES / "run.yaml"), "--output", str(tmp_path / "out")]) == 0
     for method in ("inclora", "jumplora+inclora"):
         assert read_run(tmp_path / "out" / method / "seed0")["finished_tasks"] == 2
+    # The real MiniLM's model folder answers with the task's labels, as the run scored it.
+    from jumplora.inference import predict
+
+    _, reviews = resolve_stream(StreamConfig(task_file=str(EXAMPLES / "tasks.yaml")))
+    run_dir = tmp_path / "out" / "jumplora+inclora" / "seed0"
+    task, labels = predict(run_dir / "model", None, [e.sentence for e in reviews.test], name="reviews")
+    assert set(labels) <= set(task.labels) == {"good", "bad"}
+    accuracy = 100 * sum(p == e.label for p, e in zip(labels, reviews.test)) / len(reviews.test)
+    assert accuracy == read_run(run_dir)["accuracy_matrix"][1][1]
 
 
 @pytest.mark.slow

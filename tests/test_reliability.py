@@ -268,3 +268,19 @@ def test_rollback_and_apply_to_an_existing_file_are_one_line(tmp_path, capsys):
     assert main(["apply", "--model", str(tmp_path), "--update", str(tmp_path / "u.safetensors"),
                  "--output", str(tmp_path / "file")]) == 2
     assert "already exists and is not an empty folder" in last_error(capsys)
+
+
+def test_writing_a_model_to_a_read_only_filesystem_is_one_line(tmp_path, capsys):
+    from jumplora.manifest import ModelManifest, save_model_folder
+
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.decode().strip()}): needs root")
+    try:
+        model, tokenizer = tiny_llama()
+        with pytest.raises(JumploraError, match="could not write the model to .*Read-only file system"):
+            save_model_folder(model, tokenizer, ModelManifest("tiny", "causal", "generate", 64), disk / "model")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
