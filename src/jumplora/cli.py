@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--config", required=True, help="a run config whose `order` may be a list of orders")
     sweep.add_argument("--force", action="store_true", help="continue runs whose saved settings differ")
     report = sub.add_parser("report", help="tables and figures from the results.json files of one or more runs")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    report.add_argument("--output", default="report", help="folder for report.md, report.html and the PNGs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="a run's OUTPUT folder, an OUTPUT/<method>/seed<k>, or any folder above "
+                             "them: every results.json below it is read")
+    report.add_argument("--output", default="report",
+                        help="folder for report.md, report.html and the PNGs (default: %(default)s)")
     add_use_commands(sub)
     rollback = sub.add_parser("rollback", help="write the final model of a run without one task's update")
     rollback.add_argument("run_dir", metavar="RUN", help="OUTPUT/<method>/seed<k> of a finished run (or OUTPUT "
