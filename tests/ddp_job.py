@@ -18,7 +18,8 @@ from transformers import AutoTokenizer
 
 from jumplora.families import EncoderFamily
 from jumplora.evaluation import evaluate
-from jumplora.loop import run_stream
+from jumplora.loop import StreamJob, run_stream
+from jumplora.run_folder import OutputFolder
 from jumplora.train import make_accelerator
 
 model_dir, task_file, output, batch_size, method = sys.argv[1:6]
@@ -28,7 +29,8 @@ config = load_config(overrides={"model": model_dir, "task_file": task_file, "out
                                 "lora_dropout": 0.0, "compile": backend})
 accelerator = make_accelerator("cpu", "fp32")
 tasks = resolve_stream(config.data)
-_, model = run_stream(config, method, 0, tasks, accelerator, log=lambda *_: None)
+job = StreamJob(config, method, 0, OutputFolder(output).run(method, 0))
+_, model = run_stream(job, tasks, accelerator, log=lambda *_: None)
 state = {k: v.contiguous() for k, v in model.state_dict().items()}
 save_file(state, f"{output}/rank{accelerator.process_index}-of-{accelerator.num_processes}.safetensors")
 options = config.family_options

@@ -9,7 +9,7 @@ from torch import nn
 from _models import minilm, tiny_gpt2, tiny_llama, tiny_t5
 from jumplora import AdapterConfig, AdapterSet, JumploraError, TaskUpdate
 from jumplora.adapters import AdaptedLinear
-from jumplora.adapters._compat import block_index, block_of
+from jumplora.layout import block_index, block_of
 
 BUILDERS = {"t5": tiny_t5, "llama": tiny_llama, "gpt2": tiny_gpt2, "minilm": minilm}
 

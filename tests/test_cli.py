@@ -127,9 +127,9 @@ def test_apply_refuses_an_update_for_another_model(files, tmp_path, capsys):
 
     from jumplora import TaskUpdate
 
-    from jumplora.manifest import ModelManifest
+    from jumplora.manifest import MANIFEST_FILE, ModelManifest
 
-    ModelManifest("tiny-llama", "causal", "generate", 512).write(files["model"])
+    ModelManifest("tiny-llama", "causal", "generate", 512).write(files["model"] / MANIFEST_FILE)
     update = TaskUpdate({"model.layers.0.self_attn.q_proj": torch.ones(7, 7)}, "lora")
     update.save(tmp_path / "other.safetensors")
     code = main(["apply", "--model", str(files["model"]), "--update", str(tmp_path / "other.safetensors"),

@@ -22,6 +22,7 @@ from jumplora.data import (
     stratified_split,
     subsample,
 )
+from jumplora.data.user_tasks import HubSplits, Splitting
 from jumplora.errors import JumploraError
 
 
@@ -219,7 +220,7 @@ def test_task_file_csv_with_separate_test_file(tmp_path):
     (tmp_path / "train.csv").write_text("sentence,label\n" + "".join(f'"row, {i}",{"ab"[i % 2]}\n' for i in range(20)))
     (tmp_path / "test.tsv").write_text("sentence\tlabel\nx\ta\ny\tb\n")
     task = load_task_file(tmp_path / "train.csv", "mine", "Which?", labels=["b", "a"],
-                          test_path=tmp_path / "test.tsv", dev_fraction=0.2)
+                          test_path=tmp_path / "test.tsv", splitting=Splitting(dev_fraction=0.2))
     assert task.labels == ("b", "a")
     assert Counter(e.label for e in task.dev) == {"a": 2, "b": 2}
     assert len(task.train) == 16 and task.train[0].sentence.startswith("row, ")
@@ -229,10 +230,10 @@ def test_task_file_csv_with_separate_test_file(tmp_path):
 def test_task_file_single_json_is_cut_by_fractions(tmp_path):
     records = [{"sentence": f"s{i}", "label": i % 2} for i in range(50)]  # integer labels become "0"/"1"
     (tmp_path / "all.json").write_text(json.dumps(records))
-    task = load_task_file(tmp_path / "all.json", "mine", "Which?", dev_fraction=0.1, test_fraction=0.2, seed=3)
+    task = load_task_file(tmp_path / "all.json", "mine", "Which?", splitting=Splitting(0.1, 0.2, seed=3))
     assert task.labels == ("0", "1")
     assert [len(task.train), len(task.dev), len(task.test)] == [35, 5, 10]
-    assert task == load_task_file(tmp_path / "all.json", "mine", "Which?", dev_fraction=0.1, test_fraction=0.2, seed=3)
+    assert task == load_task_file(tmp_path / "all.json", "mine", "Which?", splitting=Splitting(0.1, 0.2, seed=3))
 
 
 @pytest.mark.parametrize(
@@ -249,7 +250,7 @@ def test_task_file_single_json_is_cut_by_fractions(tmp_path):
          "record 1 of .* has split None: with a 'split' field, every record needs one of train, dev"),
         ("a.jsonl", '{"sentence": "s", "label": "a", "split": "train"}\n', {},
          "task mine from .* has no test examples"),
-        ("a.jsonl", '{"sentence": "s", "label": "a"}\n', {"test_fraction": 0.5, "dev_fraction": 0.5},
+        ("a.jsonl", '{"sentence": "s", "label": "a"}\n', {"splitting": Splitting(0.5, 0.5)},
          "together below 1"),
         ("a.jsonl", '{"sentence": "s", "label": ["a"]}\n', {}, "field 'label' must be a string or an integer"),
     ],
@@ -295,7 +296,7 @@ def test_hub_task_maps_class_labels_drops_hidden_ones_and_carves_dev(monkeypatch
     names = ["World", "Sports"]
     _fake_datasets(monkeypatch, {"train": _FakeSplit(_hub_rows([0, 1] * 10), names),
                                  "test": _FakeSplit(_hub_rows([1, 0, -1]), names)})
-    task = load_hub_task("org/news", "What is the topic?", text_column="text", dev_fraction=0.2)
+    task = load_hub_task("org/news", "What is the topic?", text_column="text", splits=HubSplits(dev_fraction=0.2))
     assert task.name == "news" and task.labels == ("World", "Sports")
     assert [len(task.train), len(task.dev), len(task.test)] == [16, 4, 2]
     assert task.dropped == {"train": 0, "test": 1, "dev": 0}
@@ -306,8 +307,8 @@ def test_hub_task_errors(monkeypatch):
     names = ["a", "b"]
     _fake_datasets(monkeypatch, {"train": _FakeSplit(_hub_rows([0, 1]), names),
                                  "test": _FakeSplit(_hub_rows([-1, -1]), names)})
-    with pytest.raises(JumploraError, match=r"no split 'validation' \(it has: train, test\): pass test_split"):
-        load_hub_task("org/x", "", text_column="text", test_split="validation")
+    with pytest.raises(JumploraError, match=r"no split 'validation' \(it has: train, test\): give the task test_split"):
+        load_hub_task("org/x", "", text_column="text", splits=HubSplits(test="validation"))
     with pytest.raises(JumploraError, match="task x from org/x has no test examples"):
         load_hub_task("org/x", "", text_column="text")
     with pytest.raises(JumploraError, match="could not load 'missing/set' .*FileNotFoundError.*check the id"):

@@ -152,10 +152,26 @@ def option_log_likelihood(model: nn.Module, prompt: list[int], option: list[int]
     return sum(log_probs[len(prompt) + t - 1, token].item() for t, token in enumerate(option))
 
 
-class LengthEcho(Family):
-    """Predicts each prompt's token count, and records the batches it was given."""
+class PredictOnly(Family):
+    """A family that only predicts: it lacks a loss, a collate and a scoring rule."""
+
+    name = "predict-only"
+
+    def predict_batch(self, model, task, prompt_ids, state):
+        return []
+
+
+def test_a_family_that_lacks_part_of_its_interface_fails_when_it_is_built():
+    with pytest.raises(TypeError, match="abstract methods collate, loss, scoring"):
+        PredictOnly(tiny_tokenizer())
+
+
+class LengthEcho(PredictOnly):
+    """Predicts each prompt's token count, and records the batches it was given (no training)."""
 
     name = "echo"
+    scoring = "generate"
+    collate = loss = None  # not trained: these are never called
 
     def predict_batch(self, model, task, prompt_ids, state):
         self.batches.append([len(ids) for ids in prompt_ids])

@@ -20,7 +20,7 @@ from _models import save, tiny_llama
 from _results import fake_results, read_run, write_run
 from _streams import ROWS, write_tasks
 from jumplora import TaskUpdate
-from jumplora.checkpoint import OutputLock
+from jumplora.run_folder import OutputLock
 from jumplora.cli import main
 from jumplora.errors import JumploraError
 
@@ -91,7 +91,8 @@ def test_sigkill_in_the_final_save_then_resume_repairs_the_model(setup, tmp_path
     (run_dir / "results.json").unlink()
     assert main(["run", "--resume", str(killed)]) == 0
     got = read_run(run_dir)
-    assert {k: v for k, v in got.items() if k != "resumes"} == {k: v for k, v in want.items() if k != "resumes"}
+    drop = ("resumes", "sha256")
+    assert {k: v for k, v in got.items() if k not in drop} == {k: v for k, v in want.items() if k not in drop}
 
 
 @pytest.mark.slow
@@ -99,7 +100,12 @@ def test_a_new_run_replaces_the_earlier_run_whole(setup, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(args(setup, out, "inclora", "jumplora+inclora")) == 0
     (out / "notes.txt").write_text("mine")
-    assert main(args(setup, out, "inclora", extra=("--learning-rate", "5e-3"))) == 0
+    capsys.readouterr()
+    assert main(args(setup, out, "inclora", extra=("--learning-rate", "5e-3"))) == 2  # nothing lost unasked
+    error = last_error(capsys)
+    assert "holds a run already: pass --resume" in error and "--overwrite" in error
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["inclora", "jumplora+inclora"]
+    assert main(args(setup, out, "inclora", extra=("--learning-rate", "5e-3", "--overwrite"))) == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["inclora"]  # no stale jumplora+inclora
     assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
     assert "replaced the earlier run" in capsys.readouterr().out
@@ -271,7 +277,8 @@ def test_rollback_and_apply_to_an_existing_file_are_one_line(tmp_path, capsys):
 
 
 def test_writing_a_model_to_a_read_only_filesystem_is_one_line(tmp_path, capsys):
-    from jumplora.manifest import ModelManifest, save_model_folder
+    from jumplora.manifest import ModelManifest
+    from jumplora.model_folder import ModelFolder
 
     disk = tmp_path / "ro"
     disk.mkdir()
@@ -281,6 +288,6 @@ def test_writing_a_model_to_a_read_only_filesystem_is_one_line(tmp_path, capsys)
     try:
         model, tokenizer = tiny_llama()
         with pytest.raises(JumploraError, match="could not write the model to .*Read-only file system"):
-            save_model_folder(model, tokenizer, ModelManifest("tiny", "causal", "generate", 64), disk / "model")
+            ModelFolder(disk / "model").save(model, tokenizer, ModelManifest("tiny", "causal", "generate", 64))
     finally:
         subprocess.run(["umount", str(disk)], check=False)

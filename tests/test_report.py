@@ -163,7 +163,7 @@ def test_single_task_baselines_are_not_runs(tmp_path):
     ("decoder.block.2.layer.0.SelfAttention.v", ("decoder", "v", 2)),  # T5: the block, not the sub-layer
     ("model.layers.11.self_attn.q_proj", ("", "q", 11)),  # Llama
     ("transformer.h.0.attn.c_attn", ("", "c_attn", 0)),  # GPT-2
-    ("vision.blocks.5.attn.qkv", ("", "qkv", 5)),  # the blocks per-block thresholds group by (adapters._compat)
+    ("vision.blocks.5.attn.qkv", ("", "qkv", 5)),  # the blocks per-block thresholds group by (jumplora.layout)
     ("classifier.dense", None),
 ])
 def test_layer_position(name, position):

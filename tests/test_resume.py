@@ -67,7 +67,7 @@ sys.exit(main(sys.argv[3:]))
 
 
 def comparable(results):
-    return {k: v for k, v in results.items() if k not in ("timing", "config", "resumes")}
+    return {k: v for k, v in results.items() if k not in ("timing", "config", "resumes", "sha256")}
 
 
 def file_states(folder):

@@ -36,8 +36,20 @@ def test_several_seeds_give_mean_and_spread_and_say_when_it_is_noise():
     # OA: inclora 60, 60.33; jumplora+inclora 60.33, 59.67 → ΔOA +1/3, −2/3: −0.17 ± 0.71 (sample std).
     # ΔBWT: (−4) − (−5) = +1, (−6) − (−4) = −2 → −0.5 ± 2.12.
     assert "ΔOA -0.2 ± 0.7 (n = 2) pp, ΔBWT -0.5 ± 2.1 (n = 2) pp" in text
-    assert "no gain: lower BWT and lower OA (both within the spread over seeds)" in text
+    assert "no gain: lower BWT (keeps earlier tasks worse) and lower OA (both within the spread over seeds)" in text
     assert "-4.5 ± 0.7 (n = 2)" in text  # inclora's BWT over its two seeds
+
+
+def test_a_tie_is_called_a_tie_and_ranked_metrics_are_shown():
+    same = [record(method, 0, [70.0, 50.0, 60.0], -5.0) for method in ("inclora", "jumplora+inclora")]
+    text = summary_table(same)
+    assert "ΔOA +0.0 (n = 1) pp, ΔBWT +0.0 (n = 1) pp on the same seeds: level: the same BWT and the same OA" in text
+    assert "ranked" not in text
+    higher_oa_only = [record("inclora", 0, [70.0, 50.0, 60.0], -5.0), record("jumplora+inclora", 0, [73.0, 50.0, 60.0], -5.0)]
+    assert "better: the same BWT and higher OA" in summary_table(higher_oa_only)
+    same[1].rank_metrics = {"oa": 48.0, "bwt": -12.5}
+    text = summary_table(same)
+    assert "OA ranked (%)" in text and "48.0 (n = 1)" in text and "-12.5 (n = 1)" in text
 
 
 def test_too_few_steps_per_task_are_warned_about_before_training():

@@ -13,7 +13,8 @@ from _models import save, tiny_llama
 from _results import read_run
 from _streams import ROWS, write_tasks
 from jumplora.cli import main
-from jumplora.manifest import MANIFEST, ModelManifest
+from jumplora.manifest import MANIFEST_FILE as MANIFEST
+from jumplora.model_folder import ModelFolder
 
 pytestmark = pytest.mark.slow
 NAMES = ("first", "second", "third", "fourth")
@@ -42,7 +43,7 @@ def three(setup, tmp_path_factory):
 
 
 def test_the_model_folder_knows_its_tasks_and_ledger(three):
-    manifest = ModelManifest.read(three / "model")
+    manifest = ModelFolder(three / "model").manifest()
     results = read_run(three)
     assert (manifest.family, manifest.scoring, manifest.base_model) == ("causal", "generate", manifest.base_model)
     assert [t.name for t in manifest.tasks] == list(NAMES[:3]) and manifest.tasks[0].labels == ["food", "sport"]
@@ -108,11 +109,11 @@ def test_a_run_extended_by_a_task_equals_the_longer_run(setup, tmp_path):
     assert b["resumes"][-1]["changed"] == {"add_tasks": {"was": None, "now": [str(setup / "last.json")]}}
     wa, wb = load_file(four / "model" / "model.safetensors"), load_file(extended / "model" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    manifest = ModelManifest.read(extended / "model")
+    manifest = ModelFolder(extended / "model").manifest()
     assert [t.name for t in manifest.tasks] == list(NAMES) and len(manifest.ledger) == 4
     # Rollback works on any task of the extended run, here the first.
     assert main(["rollback", str(extended_root), "--task", "first", "--output", str(tmp_path / "rolled")]) == 0
-    assert [t.name for t in ModelManifest.read(tmp_path / "rolled").tasks] == list(NAMES[1:])
+    assert [t.name for t in ModelFolder(tmp_path / "rolled").manifest().tasks] == list(NAMES[1:])
 
 
 def test_apply_and_rollback_keep_the_ledger_honest(three, tmp_path, capsys):

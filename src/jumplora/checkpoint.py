@@ -1,25 +1,23 @@
-"""Crash-safe state of a run: one checkpoint per finished task, and the manifest of task updates.
+"""Crash-safe training state of a run: one checkpoint per finished task.
 
-``RUN/checkpoints/<t>-<task>/`` holds, after task t finished and was evaluated:
+``RUN/checkpoints/<t>-<task>/`` (the place is jumplora.run_folder's) holds, after task t finished and
+was evaluated:
 
 * ``state.safetensors`` — the model's weights that training changed (the merged updates included;
   for the adapter methods only the adapted layers' weights, every weight for seqft, ewc and
   seqlora) and the method's own tensors (ELLA's W_past, O-LoRA's past A matrices, EWC's Fisher
   and anchor, seqlora's adapter);
-* ``state.json`` — the results so far, the RNG states, and a fingerprint of each weight left out,
-  which resume checks on the base model it reloads (a different base model is refused).
+* ``state.json`` — the results so far, the RNG states, a fingerprint of each weight left out,
+  which resume checks on the base model it reloads (a different base model is refused), the
+  SHA-256 of state.safetensors and the SHA-256 of the JSON itself (a changed byte is refused).
 
 A checkpoint is written into a temporary folder that is renamed into place, so a crash (even
 SIGKILL) leaves either the whole checkpoint or none. Resuming loads the newest one and restores the
 RNG states, so the tasks after it run exactly as they would have without the interruption.
-
-``RUN/deltas/manifest.json`` lists every task's update file with its SHA-256; ``rollback`` and
-``apply`` refuse a file whose hash or shapes do not match.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -28,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from jumplora.errors import JumploraError
+from jumplora.files import follow_umask, json_sha256, save_tensors, sha256
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 MODEL_PREFIX = "model/"
+FORMAT, VERSION = "jumplora-checkpoint", 2
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -61,11 +61,13 @@ def restore_rng(tensors: dict[str, torch.Tensor], states: dict) -> None:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, strategy_tensors: dict[str, torch.Tensor],
-                    info: dict, keep: int = 2, changed: set[str] | None = None) -> None:
-    """Write ``folder`` atomically, then keep only the ``keep`` newest checkpoints beside it.
+                    info: dict, changed: set[str] | None = None) -> None:
+    """Write the checkpoint ``folder`` atomically (a temporary folder renamed into place).
 
     ``changed``: the state_dict keys that can differ from the base model (None: all). The others
-    are not stored, only their :func:`fingerprints`, for :func:`check_base` on resume.
+    are not stored, only their :func:`fingerprints`, for :func:`check_base` on resume. ``info``
+    (the index of the task, the record so far) goes into state.json beside the RNG states; the
+    tensors' SHA-256 and the SHA-256 of the JSON itself are recorded there and checked on load.
     """
     rng_tensors, rng_json = rng_state()
     state = model.state_dict()
@@ -77,32 +79,35 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, strategy_tensors: dict
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_unshare(tensors), str(tmp / STATE_TENSORS))
-    # The tensors' SHA-256, checked on resume: a changed byte is refused, not trained on.
-    digest = sha256(tmp / STATE_TENSORS)
-    (tmp / STATE_JSON).write_text(json.dumps({**info, "rng": rng_json, "base": base, "sha256": digest}))
+    save_tensors(_unshare(tensors), tmp / STATE_TENSORS)
+    values = {"format": FORMAT, "version": VERSION, **info, "rng": rng_json, "base": base,
+              "tensors_sha256": sha256(tmp / STATE_TENSORS)}
+    (tmp / STATE_JSON).write_text(json.dumps({**values, "sha256": json_sha256(values)}))
+    follow_umask(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-    done = sorted(p for p in folder.parent.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return None
-    done = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(model state, strategy tensors, info with RNG states); a damaged checkpoint is a JumploraError."""
+    """(model state, strategy tensors, info with RNG states). A checkpoint whose JSON or tensors do
+    not match their SHA-256, or that records none, is a JumploraError that names it."""
     try:
         info = json.loads((folder / STATE_JSON).read_text())
-        expected = info.get("sha256")  # absent from checkpoints written before it was recorded
-        if expected is not None and sha256(folder / STATE_TENSORS) != expected:
+        if not isinstance(info, dict):
+            raise ValueError(f"{STATE_JSON} is not a JSON object")
+        recorded = info.pop("sha256", None)
+        if info.get("format") == FORMAT:
+            if recorded != json_sha256(info):
+                raise ValueError(f"{STATE_JSON} does not match its SHA-256 (it was edited)")
+            expected = info.get("tensors_sha256")
+        else:  # written before 2026-12-07: the hash covers the tensors only
+            expected = recorded
+        if not isinstance(expected, str):
+            raise ValueError(f"{STATE_JSON} records no SHA-256 of {STATE_TENSORS}")
+        if sha256(folder / STATE_TENSORS) != expected:
             raise ValueError(f"{STATE_TENSORS} does not match its SHA-256 in {STATE_JSON}")
+        if not isinstance(info.get("index"), int) or not isinstance(info.get("results"), dict):
+            raise ValueError(f"{STATE_JSON} lacks its task index or its results")
         tensors = load_file(str(folder / STATE_TENSORS))
     except (OSError, SafetensorError, ValueError) as error:
         raise JumploraError(
@@ -151,96 +156,3 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[key] = value.clone() if pointer in seen else value
         seen.add(pointer)
     return out
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def record_delta(run_dir: Path, index: int, task: str, file: Path) -> None:
-    """Add (or replace) task ``index``'s entry in ``deltas/manifest.json``, atomically."""
-    manifest_path = run_dir / "deltas" / "manifest.json"
-    entries = read_manifest(run_dir) if manifest_path.is_file() else []
-    entries = [e for e in entries if e["index"] != index] + [
-        {"index": index, "task": task, "file": file.name, "sha256": sha256(file)}]
-    write_json(manifest_path, sorted(entries, key=lambda e: e["index"]))
-
-
-def read_manifest(run_dir: Path) -> list[dict]:
-    path = run_dir / "deltas" / "manifest.json"
-    if not path.is_file():
-        raise JumploraError(f"{run_dir} has no deltas/manifest.json: pass the folder of one method and seed "
-                            "(OUTPUT/<method>/seed<k>) of a run that merges per-task updates")
-    return load_manifest(path)
-
-
-def load_manifest(path: Path) -> list[dict]:
-    """The entries of a manifest.json file (index, task, file, sha256); anything else is a one-line error."""
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise JumploraError(f"{path} is not valid JSON: re-run the task or restore the file") from None
-    fields = {"index": int, "task": str, "file": str, "sha256": str}
-    if not isinstance(entries, list) or not all(
-            isinstance(e, dict) and all(isinstance(e.get(k), kind) for k, kind in fields.items()) for e in entries):
-        raise JumploraError(f"{path} must be a list of {{index, task, file, sha256}} entries: restore the file")
-    return entries
-
-
-def check_sha256(path: Path, expected: str) -> Path:
-    """``path``, after checking that it exists and has the SHA-256 its manifest lists."""
-    if not path.is_file() or sha256(path) != expected:
-        raise JumploraError(f"{path} is missing or does not match its SHA-256 in the manifest: refusing to apply it")
-    return path
-
-
-def delta_entry(run_dir: Path, task: str) -> tuple[Path, dict]:
-    """The update file of ``task`` and its manifest entry, after checking its SHA-256."""
-    entries = [e for e in read_manifest(run_dir) if e["task"] == task]
-    if not entries:
-        known = ", ".join(e["task"] for e in read_manifest(run_dir))
-        raise JumploraError(f"no update for task {task!r} in {run_dir}: its tasks are {known}")
-    return check_sha256(run_dir / "deltas" / entries[0]["file"], entries[0]["sha256"]), entries[0]
-
-
-class OutputLock:
-    """An exclusive lock on an output folder for the length of a run: a second run into the same
-    folder is refused at once, in one line, instead of the two mixing their files. The lock is
-    the kernel's (flock): a killed run releases it."""
-
-    NAME = ".jumplora.lock"
-
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / self.NAME
-        self.handle = None
-
-    def __enter__(self) -> OutputLock:
-        import fcntl
-
-        self.handle = open(self.path, "a")  # made once, never written: a resume of a finished run changes nothing
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise JumploraError(f"another jumplora run is writing to {self.path.parent}: wait for it to finish, or "
-                                "pass another --output") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.close()  # closing releases the lock
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=1))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

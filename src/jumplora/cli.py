@@ -1,7 +1,10 @@
-"""The command line: ``jumplora run`` and ``jumplora list``.
+"""The command line: ``jumplora run | list | sweep | report | predict | evaluate | rollback | apply``.
 
-A :class:`JumploraError` (a problem the user can fix) is printed as one line and exits with code 2;
-anything else is a bug and keeps its traceback.
+``run`` trains a stream (or resumes or extends one), ``sweep`` runs orders × methods × seeds,
+``report`` draws tables and figures from results, ``predict`` and ``evaluate`` use a trained model
+folder, ``rollback`` and ``apply`` take a task's update out of a model or put one in, ``list``
+names what is available. A :class:`JumploraError` (a problem the user can fix) is printed as one
+line and exits with code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from safetensors import SafetensorError
 from jumplora.errors import JumploraError
 from jumplora.settings import help_text
 
-# Failures of the machine, not of jumplora: one line that says what to do (a resume continues a
-# run from its last complete task). Any other OSError is a bug and keeps its traceback.
+# Failures of the machine, not of jumplora: one line that says what to do. A full disk is
+# mended differently by each command: a run resumes from its last complete task, the others are
+# run again (they write nothing until their output is whole). Any other OSError is a bug and keeps
+# its traceback.
 ENVIRONMENT_ERRORS = {
-    errno.ENOSPC: "free some space, then continue with `jumplora run --resume OUTPUT` (what is complete is kept)",
-    errno.EDQUOT: "free some quota, then continue with `jumplora run --resume OUTPUT`",
+    errno.ENOSPC: "free some space, then {again}",
+    errno.EDQUOT: "free some quota, then {again}",
     errno.EACCES: "check the permissions, or pass another path",
     errno.EPERM: "check the permissions, or pass another path",
     errno.EROFS: "the filesystem is read-only: pass an output on a writable one",
@@ -41,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(learning_rate or learning-rate; method/seed as one value or a list)")
     run.add_argument("--preset", help="named settings, see `jumplora list`")
     run.add_argument("--resume", metavar="OUTPUT", help="continue the run in OUTPUT at its first unfinished task")
-    run.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
+    run.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's, "
+                                                         "and data of its learned tasks that changed")
+    run.add_argument("--overwrite", action="store_true", help="replace the run that --output already holds (without "
+                                                             "it such an output is refused)")
     run.add_argument("--add-task-file", action="append", metavar="FILE", dest="add_task_file",
                      help="with --resume: append the tasks of a task file to the run (repeatable)")
     add_settings(run)
@@ -92,13 +100,14 @@ def add_use_commands(sub) -> None:
                                           "them; or pass the data (--task-file, --benchmark/--order, --tasks, "
                                           "with --data-dir).")
     evaluate.add_argument("model", metavar="MODEL", help="a model folder written by jumplora")
-    for flag, help_text in (("--task-file", "a task file"), ("--benchmark", "demo, sc or ls"),
+    for flag, what in (("--task-file", "a task file"), ("--benchmark", "demo, sc or ls"),
                             ("--order", "a benchmark order"), ("--data-dir", "a benchmark folder"),
                             ("--tasks", "task names of --data-dir, comma-separated (also: which tasks to report)")):
-        evaluate.add_argument(flag, help=help_text)
+        evaluate.add_argument(flag, help=what)
     evaluate.add_argument("--max-test-per-task", type=int, help="at most this many test examples per task")
     evaluate.add_argument("--batch-size", type=int, help="prompts per forward (default: the run's eval batch size)")
-    evaluate.add_argument("--output", type=Path, default=Path("evaluation.json"), help="the JSON written (default: %(default)s)")
+    evaluate.add_argument("--output", type=Path, help="the JSON written (default: evaluation.json beside the model folder)")
+    evaluate.add_argument("--force", action="store_true", help="evaluate although the run's data changed since it ran")
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
@@ -156,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command == "predict" and not any(a.startswith("-") for a in extra):
         args.texts += extra  # `predict MODEL --task T "some text"`: inputs after the options
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        print(f"jumplora: error: {unknown_arguments(parser, args.command, extra)}", file=sys.stderr)
+        return 2
     try:
         if args.command == "list":
             print(list_text(args.data_dir))
@@ -191,17 +201,40 @@ def main(argv: list[str] | None = None) -> int:
         if code not in ENVIRONMENT_ERRORS:
             raise
         what = f" ({error.filename})" if getattr(error, "filename", None) else ""
-        print(f"jumplora: error: {os.strerror(code)}{what}: {ENVIRONMENT_ERRORS[code]}", file=sys.stderr)
+        advice = ENVIRONMENT_ERRORS[code].format(again=_again(args))
+        print(f"jumplora: error: {os.strerror(code)}{what}: {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"jumplora: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return 130
 
 
+def unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> str:
+    """What a command did not understand, with the closest of its own options for a mistyped flag."""
+    from jumplora.settings import did_you_mean
+
+    sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    options = [flag for action in sub.choices[command]._actions for flag in action.option_strings]
+    flag = next((arg.split("=")[0] for arg in extra if arg.startswith("--")), None)
+    if flag is not None:
+        return f"unknown option {flag} for `jumplora {command}`{did_you_mean(flag, options)}: see `jumplora {command} --help`"
+    return f"unexpected arguments {' '.join(extra)[:80]} for `jumplora {command}`: see `jumplora {command} --help`"
+
+
 def _errno_in(message: str) -> int | None:
     """The errno a safetensors write error carries in its text ("... (os error 28)")."""
     match = re.search(r"os error (\d+)", message)
     return int(match.group(1)) if match else None
+
+
+def _again(args) -> str:
+    """How to finish the command after the machine's problem is fixed."""
+    if args.command == "run":
+        return f"continue with `jumplora run --resume {args.resume or args.output or 'runs/latest'}` (what is " \
+               "complete is kept)"
+    if args.command == "sweep":
+        return f"run `jumplora sweep --config {args.config}` again (finished runs are skipped)"
+    return f"run `jumplora {args.command}` again (nothing half-written was kept)"
 
 
 def _how_to_go_on(args) -> str:
@@ -215,6 +248,7 @@ def _how_to_go_on(args) -> str:
 def _run(args) -> None:
     from jumplora.config import known_keys, load_config
     from jumplora.resume import resumable_config
+    from jumplora.run_folder import OutputFolder
     from jumplora.runner import run
 
     if args.resume and args.output and Path(args.output).resolve() != Path(args.resume).resolve():
@@ -223,16 +257,16 @@ def _run(args) -> None:
     overrides = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
     added = [*(overrides.pop("add_tasks", None) or []), *(args.add_task_file or [])]
     if added and not args.resume:
-        overrides["add_tasks"] = added
-    elif added:  # after the tasks the run has already been given
-        from jumplora.resume import saved_config
-
-        overrides["add_tasks"] = [*(saved_config(Path(args.resume)).data.add_tasks or []), *added]
+        raise JumploraError("--add-task-file / --add-tasks extend a run that exists: pass --resume OUTPUT with them "
+                            "(or list the tasks in --task-file / --tasks for a new run)")
     if args.resume:
-        run(resumable_config(Path(args.resume), overrides, args.force), resume=True)
+        output = OutputFolder(args.resume)
+        if added:  # after the tasks the run has already been given
+            overrides["add_tasks"] = [*(output.saved_settings().get("add_tasks") or []), *added]
+        run(resumable_config(output, overrides, args.force), resume=True, force=args.force)
         return
     preset = args.preset or (None if args.config or _has_data_flags(overrides) else "demo")
-    run(load_config(args.config, preset, overrides))
+    run(load_config(args.config, preset, overrides), overwrite=args.overwrite)
 
 
 def _predict(args) -> None:
@@ -253,7 +287,7 @@ def _predict(args) -> None:
 def _evaluate(args) -> None:
     import json
 
-    from jumplora.checkpoint import write_text
+    from jumplora.files import write_text
     from jumplora.inference import evaluate_model
 
     given = {"task_file": args.task_file, "benchmark": args.benchmark, "order": args.order, "data_dir": args.data_dir}
@@ -261,7 +295,8 @@ def _evaluate(args) -> None:
     stream = None  # the data of the run that wrote the model
     if any(v is not None for v in given.values()):
         stream = {**given, "tasks": only if args.data_dir and not (args.task_file or args.benchmark) else None}
-    results = evaluate_model(Path(args.model), stream, only, args.batch_size, args.max_test_per_task)
+    results = evaluate_model(Path(args.model), stream, only, args.batch_size, args.max_test_per_task, args.force)
+    output = args.output or Path(args.model).resolve().parent / "evaluation.json"
     width = max(len(name) for name in results)
     print(f"{'task':<{width}}  accuracy %  examples")
     for name, row in results.items():
@@ -269,10 +304,10 @@ def _evaluate(args) -> None:
     mean = sum(row["accuracy"] for row in results.values()) / len(results)
     print(f"{'mean':<{width}}  {mean:10.2f}")
     try:
-        write_text(args.output, json.dumps({"model": args.model, "tasks": results, "mean": mean}, indent=1))
+        write_text(output, json.dumps({"model": args.model, "tasks": results, "mean": mean}, indent=1))
     except OSError as error:
-        raise JumploraError(f"cannot write {args.output} ({error.strerror}): pass another --output") from None
-    print(f"wrote {args.output}")
+        raise JumploraError(f"cannot write {output} ({error.strerror}): pass another --output") from None
+    print(f"wrote {output}")
 
 
 def _has_data_flags(overrides: dict) -> bool:

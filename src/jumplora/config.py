@@ -31,14 +31,14 @@ from jumplora.adapters.config import AdapterConfig
 from jumplora.data.stream import StreamConfig
 from jumplora.errors import JumploraError
 from jumplora.families.config import FamilyOptions
-from jumplora.settings import check, default_of, did_you_mean, key_of, read_yaml, setting
+from jumplora.settings import FALSE, TRUE, check, default_of, did_you_mean, key_of, read_yaml, setting
+from jumplora.settings import fields as settings_of
 from jumplora.strategies.config import MethodWeights
 from jumplora.strategies.registry import METHODS, parse_method
 from jumplora.train import OptimConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-base")
 TRACKERS = ("tensorboard", "wandb")
-SWITCH_ON, SWITCH_OFF = ("true", "on", "yes"), ("false", "off", "no", "none")
 ALIASES = {"method": "methods", "seed": "seeds"}  # YAML keys in the singular, as the flags are
 
 
@@ -62,7 +62,10 @@ class RunConfig:
                                  flag="--method", action="append", metavar="METHOD", label="method")
     seeds: list[int] = setting(factory=lambda: [0], help="a random seed, repeatable", flag="--seed",
                                action="append", metavar="N")
-    output: str = setting("runs/latest", "the output folder: OUTPUT/<method>/seed<k>/ per run", metavar="DIR")
+    output: str | None = setting(None, "the output folder: OUTPUT/<method>/seed<k>/ per run. Without it each run "
+                                 "gets a new folder runs/<date>_<time> and runs/latest points at the newest; a "
+                                 "folder that holds a run is refused unless --resume or --overwrite",
+                                 shown="runs/<date>_<time>", metavar="DIR")
     optim: OptimConfig = section(OptimConfig)
     adapter: AdapterConfig = section(AdapterConfig)
     weights: MethodWeights = section(MethodWeights)
@@ -87,6 +90,9 @@ class RunConfig:
             raise JumploraError(f"a method is repeated in {self.methods}: name each once")
         if not self.seeds:
             raise JumploraError("no seed given: pass --seed N")
+        bad = [seed for seed in self.seeds if not 0 <= seed < 2**32]
+        if bad:  # numpy's generator takes 32-bit seeds
+            raise JumploraError(f"seed {bad[0]} is out of range: pass seeds from 0 to {2**32 - 1}")
         full = [m for m in self.methods if parse_method(m).adapter is None]
         if self.precision == "bf16-base" and full:
             raise JumploraError(
@@ -130,13 +136,9 @@ def flat_fields() -> Iterator[tuple[str, str | None, dataclasses.Field]]:
     """(key, the section's attribute or None for RunConfig's own, field) of every setting, in order."""
     for field in dataclasses.fields(RunConfig):
         if field.metadata.get("section"):
-            yield from ((key_of(f), field.name, f) for f in _settings(field.default_factory))
+            yield from ((key_of(f), field.name, f) for f in settings_of(field.default_factory))
         elif not field.metadata.get("hidden"):
             yield key_of(field), None, field
-
-
-def _settings(cls) -> Iterator[dataclasses.Field]:
-    return (f for f in dataclasses.fields(cls) if not f.metadata.get("hidden"))
 
 
 def known_keys() -> list[str]:
@@ -164,17 +166,38 @@ def normalise_keys(values: dict) -> dict:
 def _compile_backend(value: str | bool | None) -> str | None:
     # `compile: true` in a YAML file, `--compile off` on a resume: a switch, not a backend name.
     switch = value.lower() if isinstance(value, str) else value
-    if switch in (True, *SWITCH_ON):
+    if switch in (True, *TRUE):
         return "inductor"
-    if switch in (False, None, *SWITCH_OFF):
+    if switch in (False, None, *FALSE):
         return None
-    from jumplora.adapters._compat import compile_backends
+    from jumplora._compat import compile_backends
 
     known = compile_backends()
     if value not in known:
-        raise JumploraError(f"unknown torch.compile backend {value!r}: use one of {', '.join(known)} "
+        raise JumploraError(f"unknown torch.compile backend {value[:60]!r}: use one of {', '.join(known)} "
                             "(--compile alone picks inductor)")
     return value
+
+
+def absolute_paths(settings: dict) -> dict:
+    """Flat settings with every local path made absolute (the model when it is a local path, the
+    data folder, the task file, added task files): a run records where its data is, so that a
+    resume or an evaluation from another directory reads the same files."""
+    from jumplora.data.stream import is_task_list
+    from jumplora.families.sources import BUNDLED
+
+    def absolute(value):
+        return str(Path(value).expanduser().absolute()) if isinstance(value, str) and value else value
+
+    out = dict(settings)
+    for key in ("data_dir", "task_file"):
+        out[key] = absolute(out.get(key))
+    model = out.get("model")
+    if isinstance(model, str) and model.lower() not in BUNDLED and Path(model).expanduser().exists():
+        out["model"] = absolute(model)
+    if out.get("add_tasks"):
+        out["add_tasks"] = [absolute(entry) if is_task_list(entry) else entry for entry in out["add_tasks"]]
+    return out
 
 
 PRESETS: dict[str, dict] = {

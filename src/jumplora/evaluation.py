@@ -6,14 +6,15 @@ answer is right when it equals the gold label after normalisation (exact match).
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 import torch
 
 from jumplora import metrics
+from jumplora.context import RunContext
 from jumplora.data import Task, is_correct
 from jumplora.errors import JumploraError
 from jumplora.families import CausalFamily
-from jumplora.record import RunRecord
 
 
 def evaluate(model, family, task: Task, batch_size: int, split: str = "test", accelerator=None) -> float:
@@ -46,22 +47,31 @@ def evaluate_answers(model, family, task: Task, batch_size: int, other_tasks: di
     return 100.0 * (correct / total), dict(zip(origins, map(int, values)))
 
 
-def evaluate_seen(model, family, ranker, tasks: list[Task], t: int, batch_size: int, accelerator,
-                  accuracy: np.ndarray, record: RunRecord) -> None:
-    """Row t of the accuracy matrix and of the answer origins (with ``ranker`` also of the ranked
-    accuracy matrix): every task seen so far, after training task t. An answer's origin is looked
-    up among the tasks seen so far (a later task's labels cannot have taken over yet)."""
+@dataclass
+class EvaluationRow:
+    """Row t of a run's matrices: every task seen so far, after training task t."""
+
+    accuracy: list[float]  # a[t, i], i ≤ t, percent
+    origins: list[dict[str, int]]  # where the answers to task i come from (metrics.answer_origins)
+    ranked: list[float] | None = None  # the options ranked (--also-rank), or None
+
+
+def evaluate_seen(ctx: RunContext, tasks: list[Task], t: int) -> EvaluationRow:
+    """Row t of the accuracy matrix and of the answer origins (with the context's ranker also of the
+    ranked accuracy matrix). An answer's origin is looked up among the tasks seen so far (a later
+    task's labels cannot have taken over yet)."""
+    batch_size, accelerator = ctx.config.eval_batch_size, ctx.accelerator
     labels = {task.name: task.labels for task in tasks[: t + 1]}
-    for i in range(t + 1):
-        others = {name: values for name, values in labels.items() if name != tasks[i].name}
-        accuracy[t, i], record.answer_origins[t][i] = evaluate_answers(
-            model, family, tasks[i], batch_size, others, accelerator=accelerator)
-    if ranker is not None:
-        ranked = record.rank_accuracy if record.rank_accuracy is not None else np.full((len(tasks),) * 2, np.nan)
-        for i in range(t + 1):
-            ranked[t, i] = evaluate(model, ranker, tasks[i], batch_size, accelerator=accelerator)
-        record.rank_accuracy_matrix = metrics.accuracy_matrix_to_json(ranked)
-        record.rank_metrics = metrics.run_metrics(ranked, t + 1)
+    accuracy, origins = [], []
+    for task in tasks[: t + 1]:
+        others = {name: values for name, values in labels.items() if name != task.name}
+        value, counts = evaluate_answers(ctx.model, ctx.family, task, batch_size, others, accelerator=accelerator)
+        accuracy.append(value)
+        origins.append(counts)
+    ranked = None
+    if ctx.ranker is not None:
+        ranked = [evaluate(ctx.model, ctx.ranker, task, batch_size, accelerator=accelerator) for task in tasks[: t + 1]]
+    return EvaluationRow(accuracy, origins, ranked)
 
 
 def make_ranker(also_rank: bool, family):

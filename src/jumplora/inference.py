@@ -13,21 +13,14 @@ import json
 from pathlib import Path
 
 from jumplora.data import Example, Task
-from jumplora.data.benchmark import read_records
+from jumplora.data.records import read_records
 from jumplora.data.stream import StreamConfig, resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.evaluation import evaluate
-from jumplora.families import load_model
 from jumplora.manifest import ModelManifest
+from jumplora.model_folder import load_trained
 
 TEXT_COLUMNS = ("sentence", "text")  # an input file's text, when --text-column is not given
-
-
-def load_trained(folder: Path):
-    """(model, tokenizer, family, manifest) of a model folder written by jumplora."""
-    manifest = ModelManifest.read(folder)
-    model, tokenizer, family = load_model(str(folder), family=manifest.family, **manifest.family_options())
-    return model.eval(), tokenizer, family, manifest
 
 
 def task_to_ask(manifest: ModelManifest, name: str | None, instruction: str | None, labels: list[str] | None) -> Task:
@@ -72,7 +65,7 @@ def predict(folder: Path, task: Task | None, texts: list[str], name: str | None 
 
 def write_predictions(path: Path, texts: list[str], predictions: list[str]) -> None:
     """JSONL (``{"text", "prediction"}`` a line), or CSV / TSV with those two columns, atomically."""
-    from jumplora.checkpoint import write_text
+    from jumplora.files import write_text
 
     if path.suffix in (".csv", ".tsv"):
         buffer = io.StringIO()
@@ -88,11 +81,13 @@ def write_predictions(path: Path, texts: list[str], predictions: list[str]) -> N
 
 
 def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, batch_size: int | None,
-                   max_test: int | None = None) -> dict:
+                   max_test: int | None = None, force: bool = False) -> dict:
     """Accuracy (percent) per task on its test split: ``{task: {"accuracy", "examples"}}``.
 
     ``stream``: the data settings (StreamConfig keys); None reads the tasks again as the run that
-    wrote the model did (its manifest). By default the tasks the model learned; ``only`` picks some.
+    wrote the model did (its manifest), and a task whose test data is not what the run measured
+    (its SHA-256) is refused unless ``force``. By default the tasks the model learned; ``only``
+    picks some.
     """
     model, _, family, manifest = load_trained(folder)
     settings = dict(stream if stream is not None else manifest.run.get("stream") or {})
@@ -105,6 +100,12 @@ def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, ba
     if missing:
         raise JumploraError(f"no test data for {', '.join(missing)} in the tasks given ({', '.join(by_name)}): "
                             "pass the --task-file or --data-dir they come from")
+    if stream is None and max_test is None and not force:
+        for learned in manifest.tasks:
+            task = by_name.get(learned.name)
+            if task is not None and learned.test_sha256 and task.fingerprints()["test"] != learned.test_sha256:
+                raise JumploraError(f"the test data of task {task.name} (read from {task.source or '?'}) is not what the "
+                                    "run measured: restore it, or add --force to evaluate on this data")
     size = batch_size or manifest.run.get("eval_batch_size", 64)
     return {name: {"accuracy": evaluate(model, family, by_name[name], size), "examples": len(by_name[name].test)}
             for name in wanted}

@@ -11,7 +11,8 @@ import numpy as np
 
 from jumplora.checkpoint import restore_rng, rng_state
 from jumplora.evaluation import evaluate
-from jumplora.train import train_task
+from jumplora.context import RunContext
+from jumplora.train import TaskTraining, train_task
 
 
 def searchable(strategy) -> bool:
@@ -19,25 +20,26 @@ def searchable(strategy) -> bool:
     return getattr(strategy.regulariser, "lambdas", None) is not None
 
 
-def search_lambda(model, family, strategy, t, plan, tasks, config, accelerator, name, log) -> dict:
-    """Train task t for each λ of ``config.weights.ella_lambda_grid``; keep the best (see above).
-    Returns train_task's result for the kept λ, with ``search``: the dev accuracy of each λ."""
-    penalty = strategy.regulariser
+def search_lambda(ctx: RunContext, t: int, plan: list, tasks: list, name: str) -> TaskTraining:
+    """Train task t for each λ of ``ctx.config.weights.ella_lambda_grid``; keep the best (see above).
+    Returns the training of the kept λ, with ``search``: the dev accuracy of each λ."""
+    model, penalty, config = ctx.model, ctx.strategy.regulariser, ctx.config
     start = _snapshot(model, penalty)
     best, scores = None, {}
     for lam in config.weights.ella_lambda_grid:
         _restore_snapshot(start, model, penalty)
         penalty.lambdas[t] = lam
-        info = train_task(model, family, strategy, t, plan, config, accelerator, f"{name} λ={lam:g}")
-        scores[f"{lam:g}"] = float(np.mean([evaluate(model, family, task, config.eval_batch_size, "dev", accelerator)
-                                            for task in tasks[: t + 1]]))
+        trained = train_task(ctx, t, plan, f"{name} λ={lam:g}")
+        scores[f"{lam:g}"] = float(np.mean([evaluate(model, ctx.family, task, config.eval_batch_size, "dev",
+                                                     ctx.accelerator) for task in tasks[: t + 1]]))
         if best is None or scores[f"{lam:g}"] > best[0]:
-            best = (scores[f"{lam:g}"], lam, info, _snapshot(model, penalty))
-    _, lam, info, state = best
+            best = (scores[f"{lam:g}"], lam, trained, _snapshot(model, penalty))
+    _, lam, trained, state = best
     _restore_snapshot(state, model, penalty)
     penalty.lambdas[t] = lam
-    log(f"  λ search for {name}: dev accuracy {scores} -> λ = {lam:g}")
-    return {**info, "search": scores}
+    ctx.log(f"  λ search for {name}: dev accuracy {scores} -> λ = {lam:g}")
+    trained.search = scores
+    return trained
 
 
 def _snapshot(model, penalty) -> tuple:

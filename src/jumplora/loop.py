@@ -1,53 +1,69 @@
 """The stream loop: one method, one seed, every task in order; train, evaluate, record, checkpoint.
 
-After each task, in this order: the task's update in ``deltas/`` (with its SHA-256 in the
-manifest), ``results.json`` (the :class:`~jumplora.record.RunRecord`) and a checkpoint. With
+After each task, in this order: the task's update in the run folder's ledger (``deltas/``, with
+its SHA-256), ``results.json`` (the :class:`~jumplora.record.RunRecord`) and a checkpoint. With
 ``resume`` the newest checkpoint is loaded and the run goes on at the first unfinished task; a
 finished run is left as it is. At the end the merged model is saved to ``model/``.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from jumplora import metrics
-from jumplora.checkpoint import latest_checkpoint, read_manifest, record_delta, save_checkpoint
+from jumplora.checkpoint import save_checkpoint
+from jumplora.context import RunContext
 from jumplora.errors import JumploraError
 from jumplora.evaluation import evaluate_seen, make_ranker
 from jumplora.families.loading import load_for_run
 from jumplora.families.sources import resolve_model
 from jumplora.lambda_search import search_lambda, searchable
-from jumplora.manifest import STREAM_KEYS, LearnedTask, LedgerEntry, ModelManifest, save_model_folder, scoring_of
-from jumplora.record import RESULTS, RunRecord
+from jumplora.manifest import STREAM_KEYS, LearnedTask, LedgerEntry, ModelManifest
+from jumplora.record import RunRecord
 from jumplora.resume import changed_settings, finished_record, restore
+from jumplora.run_folder import RunFolder
 from jumplora.strategies.methods import make_strategy
 from jumplora.strategies.registry import parse_method
-from jumplora.train import batches, train_task
+from jumplora.train import TaskTraining, batches, train_task
 
 
-def run_stream(config, method, seed, tasks, accelerator, log=print, single_task=None, output=None, resume=False,
-               progress=None):
-    """One method, one seed, the whole stream; returns its record and the final merged model
-    (None for a run that was already finished). ``progress``: a bar advanced by one per task."""
-    out = Path(output or Path(config.output) / method / f"seed{seed}")
-    if resume and (done := finished_record(out, [task.name for task in tasks])) is not None:
-        log(f"[{method} seed {seed}] already finished in {out}")
+@dataclass
+class StreamJob:
+    """One method and one seed of a run's settings, and where it writes."""
+
+    config: object  # the RunConfig
+    method: str
+    seed: int
+    folder: RunFolder
+    resume: bool = False
+    single_task: list[float] | None = None  # a_{0,i} of the single-task baselines (FWT), when made
+    config_key: dict | None = None  # a single-task baseline's settings: the key of its cache
+    force: bool = False  # resume although the data of a learned task changed
+
+    @property
+    def name(self) -> str:
+        return f"[{self.method} seed {self.seed}]"
+
+
+def run_stream(job: StreamJob, tasks: list, accelerator, log=print, progress=None):
+    """The whole stream of one job; returns its record and the final merged model (None for a run
+    that was already finished). ``progress``: a bar advanced by one per task."""
+    if job.resume and (done := finished_record(job.folder, [task.name for task in tasks])) is not None:
+        log(f"{job.name} already finished in {job.folder.path} ({len(tasks)} tasks); to teach it more, pass "
+            "--add-task-file FILE or --add-tasks NAMES")
         _advance(progress, len(tasks))
         return done, None
-    run = StreamRun(config, method, seed, tasks, accelerator, out, log)
-    run.start(resume)
+    run = StreamRun(job, tasks, accelerator, log)
     _advance(progress, run.first)
     for t, stage in run.stages():
-        run.train_stage(t, stage, single_task)
+        run.train_stage(t, stage)
         _advance(progress, len(stage))
     run.save_model()
-    return run.record, run.model
+    return run.record, run.ctx.model
 
 
 def _advance(progress, tasks: int) -> None:
@@ -56,62 +72,71 @@ def _advance(progress, tasks: int) -> None:
 
 
 class StreamRun:
-    """The state of one run through the stream: model, strategy, record, masks, progress."""
+    """One job's way through the stream: its context (model, method, ...), record, masks, progress."""
 
-    def __init__(self, config, method, seed, tasks, accelerator, out: Path, log) -> None:
-        self.config, self.method, self.seed, self.tasks = config, method, seed, tasks
-        self.accelerator, self.out, self.log = accelerator, out, log
-        self.spec = parse_method(method)
-        self.main = accelerator.is_main_process
-        self.name = f"[{method} seed {seed}]"
-
-    def start(self, resume: bool) -> None:
-        """Load the model and the strategy; go on from the newest checkpoint when resuming."""
-        config, T = self.config, len(self.tasks)
-        if self.main and not resume and self.out.exists():
-            shutil.rmtree(self.out)  # a fresh run replaces an earlier one in the same folder
-        self.accelerator.wait_for_everyone()
-        set_seed(self.seed)
-        self.model, self.tokenizer, self.family = load_for_run(config, self.accelerator.device)
-        self.ranker = make_ranker(config.family_options.also_rank, self.family)
-        self.strategy = make_strategy(self.spec, self.model, config, T)
-        if self.main:
-            (self.out / "deltas").mkdir(parents=True, exist_ok=True)
-        self.accuracy = np.full((T, T), np.nan)
+    def __init__(self, job: StreamJob, tasks: list, accelerator, log) -> None:
+        self.job, self.tasks, self.log = job, tasks, log
+        self.spec = parse_method(job.method)
+        config, folder, main = job.config, job.folder, accelerator.is_main_process
+        if main and not job.resume:
+            folder.remove()  # a fresh run replaces an earlier one in the same folder
+        accelerator.wait_for_everyone()
+        set_seed(job.seed)
+        model, tokenizer, family = load_for_run(config, accelerator.device)
+        strategy = make_strategy(self.spec, model, config, len(tasks))
+        self.ctx = RunContext(config, accelerator, model, tokenizer, family, strategy,
+                              make_ranker(config.family_options.also_rank, family), log)
+        if main:
+            folder.ledger.folder.mkdir(parents=True, exist_ok=True)
         self.record = RunRecord(
-            tasks=[t.name for t in self.tasks], method=self.method, seed=self.seed,
-            model=resolve_model(config.model).label, dropped={t.name: t.dropped for t in self.tasks},
-            config=config.to_dict())
+            tasks=[t.name for t in tasks], method=job.method, seed=job.seed,
+            model=resolve_model(config.model).label, dropped={t.name: t.dropped for t in tasks},
+            config=config.to_dict(), config_key=job.config_key,
+            data_sha256={task.name: task.fingerprints() for task in tasks})
         self.masks: list[dict[str, torch.Tensor]] = []
+        self.ledger: list[dict] = []  # the entries of deltas/manifest.json, as written
         self.first = 0
-        checkpoint = latest_checkpoint(self.out) if resume else None
+        checkpoint = folder.latest_checkpoint() if job.resume else None
         if checkpoint is not None:
             self._resume_from(checkpoint)
-        self.started = time.perf_counter()
+        # A resumed run's time goes on from what it had taken before (results.json, timing.total_s).
+        self.started = time.perf_counter() - self.record.timing.get("total_s", 0.0)
         if config.log_with:
-            self.accelerator.init_trackers(f"{self.method}-seed{self.seed}", config=_flat(config.to_dict()))
+            accelerator.init_trackers(f"{job.method}-seed{job.seed}", config=_flat(config.to_dict()))
         self.steps_done = sum(v["steps"] for v in self.record.timing["tasks"].values())
 
-    def _resume_from(self, checkpoint: Path) -> None:
-        self.first, self.record, self.accuracy, self.masks = restore(
-            checkpoint, self.out, self.model, self.strategy, self.spec.jump)
+    def _resume_from(self, checkpoint) -> None:
+        job = self.job
+        self.first, self.record, self.masks, self.ledger = restore(checkpoint, job.folder, self.ctx, self.spec)
+        self._check_data()
         names = [task.name for task in self.tasks]
         if self.record.tasks != names:  # --add-tasks: more tasks after the ones learned
             if not self.spec.adapter_per_task or self.spec.joint:
-                raise JumploraError(f"{self.method} trains one adapter for the whole stream and merges it at the "
+                raise JumploraError(f"{job.method} trains one adapter for the whole stream and merges it at the "
                                     "end: a finished run of it cannot take more tasks; start a new run")
-            self.log(f"{self.name} adding {', '.join(names[len(self.record.tasks):])} after {self.record.tasks[-1]}")
+            self.log(f"{job.name} adding {', '.join(names[len(self.record.tasks):])} after {self.record.tasks[-1]}")
             self.record.extend_to(names, {task.name: task.dropped for task in self.tasks})
-            self.accuracy = self.record.accuracy
-        self.log(f"{self.name} resuming after task {self.first} of {len(self.tasks)} from {checkpoint.name}")
+        self.log(f"{job.name} resuming after task {self.first} of {len(self.tasks)} from {checkpoint.name}")
         # The record says which settings the rest of the run used: its config is the latest.
-        settings = self.config.to_dict()
+        settings = job.config.to_dict()
         changed = changed_settings(self.record.config, settings)
         self.record.resumes = [*(self.record.resumes or []), {"after_task": self.first, "changed": changed}]
         self.record.config = settings
         if changed:
-            self.log(f"{self.name} with changed settings: "
+            self.log(f"{job.name} with changed settings: "
                      + ", ".join(f"{k} {v['was']!r} -> {v['now']!r}" for k, v in changed.items()))
+
+    def _check_data(self) -> None:
+        """The tasks the run learned must be read as they were (their data's SHA-256s), unless forced."""
+        known = self.record.data_sha256 or {}  # runs written before 2026-12-07 recorded none
+        for task in self.tasks[: len(self.record.tasks)]:
+            now = task.fingerprints()
+            changed = [split for split, digest in known.get(task.name, {}).items() if now.get(split) != digest]
+            if changed and not self.job.force:
+                raise JumploraError(f"the {'/'.join(changed)} data of task {task.name} (read from {task.source or '?'}) "
+                                    "is not what the run learned from: restore it (or run from the folder the run was "
+                                    "started in), or add --force to go on with this data")
+        self.record.data_sha256 = {**known, **{task.name: task.fingerprints() for task in self.tasks}}
 
     def stages(self):
         """(t, the tasks trained at t) not yet done: one task each, or all at once (joint, at T-1)."""
@@ -119,86 +144,80 @@ class StreamRun:
         stages = [(T - 1, self.tasks)] if self.spec.joint else [(t, [task]) for t, task in enumerate(self.tasks)]
         return [(t, stage) for t, stage in stages if t >= self.first]
 
-    def train_stage(self, t: int, stage: list, single_task) -> None:
-        config, label = self.config, "+".join(task.name for task in stage)
-        plan = batches(stage, config.optim.batch_size, config.optim.epochs, self.seed * 1000 + t, None)
-        name = f"{label} ({self.method}, seed {self.seed})"
-        if config.weights.ella_lambda_search and searchable(self.strategy):
-            info = search_lambda(self.model, self.family, self.strategy, t, plan, self.tasks, config, self.accelerator,
-                                 name, self.log)
-            self.record.chosen_lambda = self.strategy.regulariser.lambdas[: t + 1]
-            self.record.lambda_search = {**(self.record.lambda_search or {}), label: info["search"]}
+    def train_stage(self, t: int, stage: list) -> None:
+        ctx, job, label = self.ctx, self.job, "+".join(task.name for task in stage)
+        plan = batches(stage, ctx.config.optim.batch_size, ctx.config.optim.epochs, job.seed * 1000 + t, None)
+        name = f"{label} ({job.method}, seed {job.seed})"
+        if ctx.config.weights.ella_lambda_search and searchable(ctx.strategy):
+            trained = search_lambda(ctx, t, plan, self.tasks, name)
+            self.record.chosen_lambda = ctx.strategy.regulariser.lambdas[: t + 1]
         else:
-            info = train_task(self.model, self.family, self.strategy, t, plan, config, self.accelerator, name,
-                              self.steps_done)
-        self.steps_done += info["steps"]
+            trained = train_task(ctx, t, plan, name, self.steps_done)
+        self.steps_done += trained.steps
         if t == len(self.tasks) - 1:
-            self.strategy.finish()
+            ctx.strategy.finish()
         eval_started = time.perf_counter()
-        evaluate_seen(self.model, self.family, self.ranker, self.tasks, t, config.eval_batch_size, self.accelerator,
-                      self.accuracy, self.record)
-        self._record(t, label, info, time.perf_counter() - eval_started, single_task)
-        if self.main:
-            self._write(t, label, info["update"])
-        self.accelerator.wait_for_everyone()
+        row = evaluate_seen(ctx, self.tasks, t)
+        self._record(t, label, trained, row, time.perf_counter() - eval_started)
+        if ctx.main:
+            self._write(t, label, trained)
+        ctx.accelerator.wait_for_everyone()
 
-    def _record(self, t: int, label: str, info: dict, eval_seconds: float, single_task) -> None:
-        record, update = self.record, info["update"]
-        if update is not None and self.spec.jump:
-            self.masks.append({name: mask.cpu() for name, mask in update.masks().items()})
-            _record_sparsity(record, label, update, info["thresholds"], self.masks)
-            record.threshold_trace[label] = info["threshold_trace"]
-            record.gate[label] = info["gate"]
-        record.losses[label] = info["losses"]
-        record.timing["tasks"][label] = {"train_s": round(info["seconds"], 3), "eval_s": round(eval_seconds, 3),
-                                         "steps": info["steps"]}
-        record.accuracy_matrix = metrics.accuracy_matrix_to_json(self.accuracy)
-        record.metrics = metrics.run_metrics(self.accuracy, t + 1, single_task)
-        record.single_task_accuracy = single_task
+    def _record(self, t: int, label: str, trained: TaskTraining, row, eval_seconds: float) -> None:
+        record = self.record
+        if trained.update is not None and self.spec.jump:
+            self.masks.append({name: mask.cpu() for name, mask in trained.update.masks().items()})
+            record.add_gate(label, trained, self.masks)
+        record.add_training(label, trained, eval_seconds)
+        record.add_row(t, row, self.job.single_task)
         record.timing["total_s"] = round(time.perf_counter() - self.started, 3)
-        record.finished_tasks = t + 1
 
-    def _write(self, t: int, label: str, update) -> None:
+    def _write(self, t: int, label: str, trained: TaskTraining) -> None:
+        folder, update = self.job.folder, trained.update
         if update is not None:
-            update.metadata = {"task": label, "method": self.method, "seed": str(self.seed), "index": str(t),
-                               "base_model": resolve_model(self.config.model).label}
+            update.metadata = {"task": label, "method": self.job.method, "seed": str(self.job.seed), "index": str(t),
+                               "base_model": resolve_model(self.job.config.model).label}
             if "+" not in label:  # one task (not mtl's joint stage): how to ask it, for `apply`
                 task = self.tasks[t]
-                update.metadata.update(instruction=task.instruction, labels="\n".join(task.labels))
-            path = self.out / "deltas" / f"{t:02d}-{label}.safetensors"
+                update.metadata.update(instruction=task.instruction, labels=task.labels_json())
+            path = folder.ledger.file_for(t, label)
             update.save(path)
-            record_delta(self.out, t, label, path)
-        self.record.write(self.out / RESULTS)
-        save_checkpoint(self.out / "checkpoints" / f"{t:02d}-{label}", self.model, self.strategy.state(),
-                        {"index": t, "results": self.record.to_json()}, keep=self.config.keep_checkpoints,
-                        changed=self.strategy.changed_weights())
-        row = self.accuracy[t]
-        self.log(f"{self.name} after {label}: " + ", ".join(f"{self.tasks[i].name} {row[i]:.1f}" for i in range(t + 1)))
+            self.ledger = [e for e in self.ledger if e["index"] != t] + [folder.ledger.record(t, label, path)]
+        self.record.write(folder.results)
+        save_checkpoint(folder.checkpoint(t, label), self.ctx.model, self.ctx.strategy.state(),
+                        {"index": t, "results": self.record.to_json()}, changed=self.ctx.strategy.changed_weights())
+        folder.prune_checkpoints(self.job.config.keep_checkpoints)
+        row = self.record.accuracy[t]
+        self.log(f"{self.job.name} after {label}: " + ", ".join(f"{self.tasks[i].name} {row[i]:.1f}" for i in range(t + 1)))
 
     def save_model(self) -> None:
         """The final outputs: the merged model (whole or not at all) and, again, results.json (so a
         resume repairs either when it is missing or damaged)."""
-        if self.main and self.config.save_model:
-            save_model_folder(self.model, self.tokenizer, self.manifest(), self.out / "model")
-        if self.main:
-            self.record.write(self.out / RESULTS)
-        if self.config.log_with:
-            self.accelerator.end_training()
+        ctx, folder = self.ctx, self.job.folder
+        if ctx.main and self.job.config.save_model:
+            folder.model.save(ctx.model, ctx.tokenizer, self.manifest(),
+                              updates={e["file"]: folder.ledger.path(e) for e in self.ledger})
+        if ctx.main:
+            self.record.write(folder.results)
+        if self.job.config.log_with:
+            ctx.accelerator.end_training()
 
     def manifest(self) -> ModelManifest:
         """What the final model learned and how to ask it (jumplora.manifest)."""
-        options, last = self.config.family_options, self.accuracy[len(self.tasks) - 1]
-        tasks = [LearnedTask(task.name, task.instruction, list(task.labels),
-                             _number(self.accuracy[i, i]), _number(last[i])) for i, task in enumerate(self.tasks)]
-        entries = read_manifest(self.out) if (self.out / "deltas" / "manifest.json").is_file() else []
-        ledger = [LedgerEntry(e["task"], self.method, e["file"], e["sha256"]) for e in entries]
-        exact = self.spec.adapter is not None and self.spec.adapter_per_task
+        config, family = self.job.config, self.ctx.family
+        accuracy = self.record.accuracy
+        last = accuracy[len(self.tasks) - 1]
+        tasks = [LearnedTask(task.name, task.instruction, list(task.labels), _number(accuracy[i, i]), _number(last[i]),
+                             task.fingerprints()["test"]) for i, task in enumerate(self.tasks)]
+        ledger = [LedgerEntry(e["task"], self.job.method, e["file"], e["sha256"]) for e in self.ledger]
+        settings = family.settings()
         return ModelManifest(
-            base_model=resolve_model(self.config.model).label, family=self.family.name,
-            scoring=scoring_of(self.family), max_source_length=self.family.max_source_length,
-            encoder_temperature=options.encoder_temperature, tasks=tasks, ledger=ledger, exact=exact,
-            run={"method": self.method, "seed": self.seed, "eval_batch_size": self.config.eval_batch_size,
-                 "stream": {k: v for k, v in self.config.to_dict().items() if k in STREAM_KEYS}})
+            base_model=resolve_model(config.model).label, family=family.name, scoring=family.scoring,
+            max_source_length=settings["max_source_length"],
+            encoder_temperature=config.family_options.encoder_temperature, tasks=tasks, ledger=ledger,
+            exact=self.spec.adapter is not None and self.spec.adapter_per_task, family_settings=settings,
+            run={"method": self.job.method, "seed": self.job.seed, "eval_batch_size": config.eval_batch_size,
+                 "stream": {k: v for k, v in config.to_dict().items() if k in STREAM_KEYS}})
 
 
 def _number(value: float) -> float | None:
@@ -208,21 +227,3 @@ def _number(value: float) -> float | None:
 def _flat(values: dict) -> dict:
     # Trackers take scalars and strings as hyper-parameters.
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
-
-
-def _record_sparsity(record: RunRecord, label: str, update, thresholds: dict, masks: list[dict]) -> None:
-    sparsity = update.sparsity()
-    record.sparsity[label] = sparsity
-    record.mean_sparsity[label] = float(np.mean(list(sparsity.values())))
-    record.thresholds[label] = thresholds
-    if any(s in (0.0, 1.0) for s in sparsity.values()):
-        # A gate that keeps nothing (or everything) is no longer a sparse update: say so.
-        record.collapsed.append(label)
-    # The matrix of the earlier tasks is already in the record (J is symmetric): only the new
-    # task's row is computed.
-    known = record.jaccard["per_layer"]
-    per_layer = {name: metrics.jaccard_matrix([m[name] for m in masks], known.get(name)) for name in masks[-1]}
-    record.jaccard["per_layer"] = per_layer
-    # Entry t of the mean over layers of metrics.mean_with_previous: (1/t)·Σ_{s<t} J(t, s).
-    last = [metrics.mean_with_previous(matrix)[-1] for matrix in per_layer.values()]
-    record.jaccard["mean_with_previous"].append(None if len(masks) == 1 else float(np.mean(last)))

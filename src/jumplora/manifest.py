@@ -3,18 +3,21 @@
 ``model/jumplora-model.json`` sits beside the transformers files (which plain ``from_pretrained``
 still loads) and holds::
 
-    format, version          "jumplora-model", 1
+    format, version          "jumplora-model", 2 (1: written before the weights' hashes)
     base_model               the model the run started from (a bundled name, a path, a hub id)
     family, scoring          seq2seq | causal | encoder; generate | rank | option-embedding
+    family_settings          the family's run settings by flat key (max_source_length, causal_mode, ...)
     prompt                   the template every task's input is put in (data.tasks.build_prompt)
-    max_source_length, encoder_temperature   what prediction needs besides the prompt
+    max_source_length, encoder_temperature   the same settings, as version 1 recorded them
     tasks                    every learned task, in order: name, instruction, labels, the accuracy
-                             when it was learned and after the last task
-    ledger                   the updates in the weights, in order: task, method, file, SHA-256,
-                             sign (+1 added, -1 removed); ``exact`` is false when the weights are
-                             not the base plus these updates (methods that train every weight)
+                             when it was learned and after the last task, the SHA-256 of its test data
+    ledger                   the updates in the weights, in order: task, method, file (in updates/),
+                             SHA-256, sign (+1 added, -1 removed); ``exact`` is false when the weights
+                             are not the base plus these updates (methods that train every weight)
     run                      the run that wrote it: method, seed, eval_batch_size, and the stream
                              settings (data_dir, task_file, ...) that `jumplora evaluate` reads again
+    weights                  the SHA-256 of each weight file
+    sha256                   the SHA-256 of everything above (a hand edit is refused, not believed)
 
 Every command that writes a model writes its manifest; every command that reads a model checks it.
 """
@@ -22,17 +25,17 @@ Every command that writes a model writes its manifest; every command that reads 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from jumplora.data.tasks import PROMPT_TEMPLATE, Task
 from jumplora.errors import JumploraError
+from jumplora.files import json_sha256, write_json
 
-MANIFEST = "jumplora-model.json"
+MANIFEST_FILE = "jumplora-model.json"
 # The settings that say where a run's tasks came from: `jumplora evaluate` reads the data again.
 STREAM_KEYS = ("benchmark", "order", "tasks", "data_dir", "task_file", "add_tasks", "max_test_per_task")
-FORMAT, VERSION = "jumplora-model", 1
-SCORING = {"seq2seq": "generate", "encoder": "option-embedding"}  # causal: its mode (generate or rank)
+FORMAT, VERSION = "jumplora-model", 2
 
 
 @dataclass
@@ -42,6 +45,7 @@ class LearnedTask:
     labels: list[str]
     accuracy_learned: float | None = None  # a[t, t], right after it was learned
     accuracy_last: float | None = None  # a[T-1, t], after the last task
+    test_sha256: str | None = None  # the SHA-256 of its test data (Task.fingerprints), checked by evaluate
 
     def as_task(self) -> Task:
         return Task(self.name, self.instruction, tuple(self.labels))
@@ -68,6 +72,8 @@ class ModelManifest:
     ledger: list[LedgerEntry] = field(default_factory=list)
     exact: bool = True
     run: dict = field(default_factory=dict)
+    family_settings: dict | None = None
+    weights: dict[str, str] | None = None
     format: str = FORMAT
     version: int = VERSION
 
@@ -79,82 +85,80 @@ class ModelManifest:
         raise JumploraError(f"the model learned no task {name!r} (its tasks: {known}): pass one of them, or "
                             "--instruction and --labels for a new task")
 
-    def family_options(self) -> dict:
-        """The keyword options of the model's family class (see families.loading.load_model)."""
-        extra = {"causal": {"mode": self.scoring}, "encoder": {"temperature": self.encoder_temperature}}
-        return {"max_source_length": self.max_source_length, **extra.get(self.family, {})}
+    def settings(self) -> dict:
+        """The family's run settings by flat key (``Family.from_settings``); a manifest of version 1
+        recorded them as its scoring rule and two fields."""
+        if self.family_settings is not None:
+            return dict(self.family_settings)
+        legacy = {"max_source_length": self.max_source_length, "encoder_temperature": self.encoder_temperature}
+        return {**legacy, "causal_mode": self.scoring} if self.family == "causal" else legacy
 
-    def write(self, folder: Path) -> None:
-        from jumplora.checkpoint import write_json
-
-        write_json(Path(folder) / MANIFEST, asdict(self))
+    def write(self, path: Path, weights: dict[str, str] | None = None) -> None:
+        """Write the manifest (with the weight files' hashes, when given) and its own SHA-256."""
+        if weights is not None:
+            self.weights = dict(weights)
+        values = asdict(self)
+        write_json(Path(path), {**values, "sha256": json_sha256(values)})
 
     @classmethod
-    def read(cls, folder: Path) -> ModelManifest:
-        """The manifest of a model folder; a folder without one, or a damaged one, is a one-line error."""
-        path = Path(folder) / MANIFEST
-        if not path.is_file():
-            raise JumploraError(f"{folder} has no {MANIFEST}: pass a model folder written by jumplora "
-                                "(OUTPUT/<method>/seed<k>/model, or one from rollback/apply)")
+    def read_file(cls, path: Path) -> ModelManifest:
+        """A manifest file, every field checked; a damaged or hand-edited one is a one-line error."""
         try:
-            values = json.loads(path.read_text())
-            if values.get("format") != FORMAT:
-                raise ValueError(f"format {values.get('format')!r}")
-            tasks = [LearnedTask(**t) for t in values.pop("tasks")]
-            ledger = [LedgerEntry(**e) for e in values.pop("ledger")]
-            return cls(**values, tasks=tasks, ledger=ledger)
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            values = json.loads(Path(path).read_text())
+            if not isinstance(values, dict) or values.get("format") != FORMAT:
+                raise ValueError(f"format {values.get('format') if isinstance(values, dict) else None!r}")
+        except (OSError, ValueError, UnicodeDecodeError) as error:
             raise JumploraError(f"{path} is not a jumplora model manifest ({error}): re-save the model with "
                                 "jumplora") from None
+        recorded = values.pop("sha256", None)
+        if values.get("version", 1) >= 2 and recorded != json_sha256(values):
+            raise JumploraError(f"{path} does not match its own SHA-256: it was edited or damaged; restore it (the "
+                                "manifest is written by jumplora, not by hand)")
+        return cls.from_values(values, path)
+
+    @classmethod
+    def from_values(cls, values: dict, path) -> ModelManifest:
+        problem = _problem(values)
+        if problem:
+            raise JumploraError(f"{path} is not a valid jumplora model manifest ({problem}): restore it or re-save "
+                                "the model with jumplora")
+        values = dict(values)
+        tasks = [LearnedTask(**t) for t in values.pop("tasks")]
+        ledger = [LedgerEntry(**e) for e in values.pop("ledger")]
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known}, tasks=tasks, ledger=ledger)
 
 
-def scoring_of(family) -> str:
-    """How a family object answers: generate, rank or option-embedding."""
-    return getattr(family, "mode", None) or SCORING[family.name]
+def _problem(values: dict) -> str | None:
+    """The first field of a manifest that is not as :class:`ModelManifest` writes it, in words."""
+    def number(v, whole=False):
+        return isinstance(v, int if whole else (int, float)) and not isinstance(v, bool)
 
+    def text_list(v):
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
-def save_model_folder(model, tokenizer, manifest: ModelManifest, folder: Path) -> None:
-    """Write a model folder that appears whole or not at all: the transformers files, the
-    tokenizer and the manifest go into ``<folder>.tmp``, are read back, and the folder is renamed
-    into place (an older folder of that name is replaced). A crash at any point leaves either the
-    old folder or the new one, never half of one; a full disk is a one-line error."""
-    import shutil
-
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        manifest.write(tmp)
-        verify_model_folder(tmp)
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise JumploraError(f"could not write the model to {folder} ({error.strerror or error}): free space or "
-                            "pass another output; a run resumes and writes it again") from None
-
-
-def verify_model_folder(folder: Path) -> None:
-    """Raise a JumploraError unless the folder's config, weights and manifest can be read."""
-    from safetensors import SafetensorError, safe_open
-
-    folder = Path(folder)
-    try:
-        json.loads((folder / "config.json").read_text())
-        weights = sorted(folder.glob("*.safetensors"))
-        if not weights:
-            raise ValueError("no *.safetensors weights")
-        for path in weights:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
-                    handle.get_slice(key)
-    except (OSError, ValueError, SafetensorError) as error:
-        raise JumploraError(f"the model folder {folder} is incomplete ({str(error).splitlines()[0]}): "
-                            "resume the run (or re-run the command) to write it again") from None
-    ModelManifest.read(folder)
+    checks = {
+        "base_model": lambda v: isinstance(v, str), "family": lambda v: v in ("seq2seq", "causal", "encoder"),
+        "scoring": lambda v: v in ("generate", "rank", "option-embedding"),
+        "max_source_length": lambda v: number(v, True) and v > 0, "encoder_temperature": lambda v: number(v) and v > 0,
+        "prompt": lambda v: isinstance(v, str), "exact": lambda v: isinstance(v, bool), "run": lambda v: isinstance(v, dict),
+        "family_settings": lambda v: v is None or isinstance(v, dict),
+        "weights": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+        "tasks": lambda v: isinstance(v, list), "ledger": lambda v: isinstance(v, list),
+    }
+    for key, good in checks.items():
+        if key in values or key in ("base_model", "family", "scoring", "max_source_length", "tasks", "ledger"):
+            if not good(values.get(key)):
+                return f"field {key!r} is {str(values.get(key))[:60]!r}"
+    for task in values["tasks"]:
+        if not (isinstance(task, dict) and isinstance(task.get("name"), str) and isinstance(task.get("instruction"), str)
+                and text_list(task.get("labels")) and task["labels"]
+                and all(task.get(k) is None or number(task[k]) for k in ("accuracy_learned", "accuracy_last"))
+                and (task.get("test_sha256") is None or isinstance(task.get("test_sha256"), str))
+                and set(task) <= {"name", "instruction", "labels", "accuracy_learned", "accuracy_last", "test_sha256"}):
+            return f"task {str(task)[:80]} needs name, instruction (text) and labels (a list of texts)"
+    for entry in values["ledger"]:
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("task", "method", "file", "sha256"))
+                and entry.get("sign", 1) in (1, -1) and set(entry) <= {"task", "method", "file", "sha256", "sign"}):
+            return f"ledger entry {str(entry)[:80]} needs task, method, file, sha256 (texts) and sign (+1 or -1)"
+    return None

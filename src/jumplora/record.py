@@ -20,6 +20,7 @@ which checks each field it relies on and names the first that is wrong. The fiel
     chosen_lambda, lambda_search        ELLA's λ search (App. A.2), when run
     resumes                             [{after_task, changed: {key: {was, now}}}] per resume
     config_key                          a single-task baseline's settings (its cache key)
+    data_sha256                         per task and split, the SHA-256 of its data (Task.fingerprints)
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import numpy as np
 
 from jumplora import metrics
 from jumplora.errors import JumploraError
+from jumplora.files import json_sha256, write_json
 
-RESULTS = "results.json"
-OPTIONAL = ("rank_accuracy_matrix", "rank_metrics", "chosen_lambda", "lambda_search", "resumes", "config_key")
+OPTIONAL = ("rank_accuracy_matrix", "rank_metrics", "chosen_lambda", "lambda_search", "resumes", "config_key",
+            "data_sha256")
 
 
 def _empty_matrix(tasks: list[str]) -> list[list]:
@@ -71,6 +73,7 @@ class RunRecord:
     lambda_search: dict | None = None
     resumes: list[dict] | None = None
     config_key: dict | None = None
+    data_sha256: dict[str, dict[str, str]] | None = None
 
     def __post_init__(self) -> None:
         if not self.answer_origins:
@@ -109,6 +112,52 @@ class RunRecord:
         self.dropped = {**self.dropped, **{name: dropped[name] for name in tasks[len(self.tasks):]}}
         self.tasks = list(tasks)
 
+    # -- the one recorder: a run's loop writes each task's outcome through these -----------------------
+
+    def add_row(self, t: int, row, single_task: list[float] | None = None) -> None:
+        """Row t of the matrices (an ``evaluation.EvaluationRow``) and the metrics over the tasks so far."""
+        accuracy = self.accuracy
+        accuracy[t, : t + 1] = row.accuracy
+        self.accuracy_matrix = metrics.accuracy_matrix_to_json(accuracy)
+        self.answer_origins[t][: t + 1] = row.origins
+        if row.ranked is not None:
+            ranked = self.rank_accuracy if self.rank_accuracy is not None else np.full(accuracy.shape, np.nan)
+            ranked[t, : t + 1] = row.ranked
+            self.rank_accuracy_matrix = metrics.accuracy_matrix_to_json(ranked)
+            self.rank_metrics = metrics.run_metrics(ranked, t + 1)
+        self.single_task_accuracy = single_task
+        self.metrics = metrics.run_metrics(accuracy, t + 1, single_task)
+        self.finished_tasks = t + 1
+
+    def add_training(self, label: str, trained, eval_seconds: float) -> None:
+        """How task ``label`` trained (a ``train.TaskTraining``): its loss curve and its timing."""
+        self.losses[label] = trained.losses
+        self.timing["tasks"][label] = {"train_s": round(trained.seconds, 3), "eval_s": round(eval_seconds, 3),
+                                       "steps": trained.steps}
+        if trained.search is not None:
+            self.lambda_search = {**(self.lambda_search or {}), label: trained.search}
+
+    def add_gate(self, label: str, trained, masks: list[dict]) -> None:
+        """A JumpLoRA task's merged update: its sparsity per layer, τ, the gate over training, and
+        the Jaccard overlap of its support (``masks[-1]``) with every earlier task's."""
+        sparsity = trained.update.sparsity()
+        self.sparsity[label] = sparsity
+        self.mean_sparsity[label] = float(np.mean(list(sparsity.values())))
+        self.thresholds[label] = trained.thresholds
+        self.threshold_trace[label] = trained.threshold_trace
+        self.gate[label] = trained.gate
+        if any(s in (0.0, 1.0) for s in sparsity.values()):
+            # A gate that keeps nothing (or everything) is no longer a sparse update: say so.
+            self.collapsed.append(label)
+        # The matrix of the earlier tasks is already in the record (J is symmetric): only the new
+        # task's row is computed.
+        known = self.jaccard["per_layer"]
+        per_layer = {name: metrics.jaccard_matrix([m[name] for m in masks], known.get(name)) for name in masks[-1]}
+        self.jaccard["per_layer"] = per_layer
+        # Entry t of the mean over layers of metrics.mean_with_previous: (1/t)·Σ_{s<t} J(t, s).
+        last = [metrics.mean_with_previous(matrix)[-1] for matrix in per_layer.values()]
+        self.jaccard["mean_with_previous"].append(None if len(masks) == 1 else float(np.mean(last)))
+
     # -- JSON --------------------------------------------------------------------------------------
 
     def to_json(self) -> dict:
@@ -117,7 +166,7 @@ class RunRecord:
         return {k: v for k, v in values.items() if k not in OPTIONAL or v is not None}
 
     @classmethod
-    def from_json(cls, values, source: str | Path = RESULTS) -> RunRecord:
+    def from_json(cls, values, source: str | Path = "results.json") -> RunRecord:
         """A record from parsed JSON, after checking every field (an error names the first bad one)."""
         _check(values, source)
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -127,17 +176,22 @@ class RunRecord:
 
     @classmethod
     def read(cls, path: Path) -> RunRecord:
+        """A results.json, checked field by field and against its own SHA-256 (files written before
+        2026-12-07 carry none): a hand-edited record is refused, not reported."""
         try:
             values = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise JumploraError(f"{path} is not readable JSON ({error}): re-run or delete it") from None
+        recorded = values.pop("sha256", None) if isinstance(values, dict) else None
+        if recorded is not None and recorded != json_sha256(values):
+            raise JumploraError(f"{path} does not match its own SHA-256: it was edited or damaged; resume the run to "
+                                "write it again (results are written by jumplora, not by hand)")
         return cls.from_json(values, path)
 
     def write(self, path: Path) -> None:
-        """Atomically: a reader (or a crash) never sees half a file."""
-        from jumplora.checkpoint import write_json
-
-        write_json(Path(path), self.to_json())
+        """Atomically (a reader, or a crash, never sees half a file), with the SHA-256 of its content."""
+        values = self.to_json()
+        write_json(Path(path), {**values, "sha256": json_sha256(values)})
 
 
 def _matrix(rows, tasks: list[str]) -> np.ndarray:
@@ -163,6 +217,7 @@ SHAPES = {
     ("rank_accuracy_matrix",): ("list", ("list", OPTIONAL_NUMBER)),
     ("answer_origins",): ("list", ("list", ("optional", ("map", NUMBER)))),
     ("gate",): ("map", ("map", ("map", ("map", NUMBER)))),
+    ("data_sha256",): ("map", ("map", TEXT)),
 }
 
 

@@ -10,85 +10,113 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
+import os
+import time
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
 from jumplora.adapters import JumpSchedule
-from jumplora.checkpoint import OutputLock, write_text
-from jumplora.config import RunConfig, load_config
+from jumplora.config import RunConfig, absolute_paths
 from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.families.loading import check_for_run
-from jumplora.loop import run_stream
-from jumplora.record import RESULTS, RunRecord
+from jumplora.loop import StreamJob, run_stream
+from jumplora.record import RunRecord
 from jumplora.report.summary import summary_table
-from jumplora.resume import CONFIG_FILE
+from jumplora.run_folder import OutputFolder, probe_writable
 from jumplora.train import make_accelerator
 
+LATEST = Path("runs") / "latest"  # the newest run without --output
 
-def run(config: RunConfig, log=print, resume: bool = False) -> list[RunRecord]:
+
+def run(config: RunConfig, log=print, resume: bool = False, overwrite: bool = False,
+        force: bool = False) -> list[RunRecord]:
     """Every method × seed of the config; returns their records and prints a summary table.
 
-    Everything a user can get wrong (settings, data, the model, its adapters) is checked before the
-    first byte is written; the output folder is then locked for the run, and a new run replaces
-    the earlier run in it whole (its method folders and config.yaml) before it writes.
+    Everything a user can get wrong (settings, data, the model, its weights, its adapters) is
+    checked before the first byte is written. ``force``: a resume goes on although the data of a task
+    the run learned changed. A new run goes into a new folder: without an output
+    folder, ``runs/<date>-<time>`` (``runs/latest`` then points at it); into one that holds a run
+    only with ``overwrite`` (the earlier run is then replaced whole) or ``resume``. The output is
+    locked for the run, and so is refused while a command writes in it, inside it or around it.
     """
-    accelerator = make_accelerator(config.device, config.precision, config.log_with, config.output)
-    output, main = Path(config.output), accelerator.is_main_process
+    config = RunConfig.from_dict({**absolute_paths(config.to_dict()), "output": config.output})
     tasks = resolve_stream(config.data)
     check_for_run(config, tasks)
+    automatic = config.output is None
+    if automatic:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process must name the same folder
+            raise JumploraError("a run of several processes needs its folder named: pass --output DIR")
+        config.output = str(fresh_output())
+    accelerator = make_accelerator(config.device, config.precision, config.log_with, config.output)
+    main = accelerator.is_main_process
+    output = OutputFolder(config.output)
     if main:
-        _check_writable(output)
-    with OutputLock(output) if main else contextlib.nullcontext():
+        probe_writable(output.path)
+        output.check_no_live_run()
+        if not resume and output.has_run() and not overwrite:
+            raise JumploraError(f"{output.path} holds a run already: pass --resume {output.path} to continue it, "
+                                "--overwrite to replace it, or another --output")
+    with output.lock() if main else contextlib.nullcontext():
         if main and not resume:
-            _clear_previous(output, log)
+            removed = output.clear()
+            if removed:
+                log(f"replaced the earlier run in {output.path} ({', '.join(removed)})")
         if main and (not resume or _extends(output, config)):
             # A new run's settings; or, when a resume adds tasks, the stream the run now has.
-            write_text(output / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            output.write_settings(config.to_dict())
+            output.drop_report()
+        if main and automatic:
+            point_latest(Path(config.output), log)
         log(f"stream: {' -> '.join(t.name for t in tasks)}  "
             f"({', '.join(f'{t.name} {len(t.train)}/{len(t.test)}' for t in tasks)} train/test)")
         _notes(config, accelerator, tasks, log)
-        records = _run_all(config, tasks, accelerator, log, resume)
+        records = _run_all(config, output, tasks, accelerator, log, resume, force)
     if main:
         log(summary_table(records, config.output))
     return records
 
 
-def _run_all(config: RunConfig, tasks, accelerator, log, resume: bool) -> list[RunRecord]:
+def _run_all(config: RunConfig, output: OutputFolder, tasks, accelerator, log, resume: bool,
+             force: bool) -> list[RunRecord]:
     records = []
     total = len(config.methods) * len(config.seeds) * len(tasks)
     with tqdm(total=total, desc="all runs", unit="task", disable=not accelerator.is_local_main_process) as progress:
         for method in config.methods:
             for seed in config.seeds:
-                baselines = single_task_baselines(config, method, seed, tasks, accelerator, log) \
+                baselines = single_task_baselines(config, output, method, seed, tasks, accelerator, log) \
                     if config.single_task_baselines else None
-                records.append(run_stream(config, method, seed, tasks, accelerator, log, baselines, resume=resume,
-                                          progress=progress)[0])
+                job = StreamJob(config, method, seed, output.run(method, seed), resume, baselines, force=force)
+                records.append(run_stream(job, tasks, accelerator, log, progress)[0])
     return records
 
 
-def _clear_previous(output: Path, log) -> None:
-    """Remove an earlier run in ``output``: its config.yaml and every ``<method>/seed<k>`` folder
-    (a method folder left empty goes too). The single-task baselines (``<method>/single_task``)
-    stay: each is keyed by its settings and reused only by a run of the same ones. Files that are
-    not a run's are left alone."""
-    earlier = sorted(seed for method in output.iterdir() if method.is_dir() for seed in method.glob("seed*")
-                     if seed.is_dir())
-    for folder in earlier:
-        shutil.rmtree(folder)
-        if not any(folder.parent.iterdir()):
-            folder.parent.rmdir()
-    (output / CONFIG_FILE).unlink(missing_ok=True)
-    if earlier:
-        log(f"replaced the earlier run in {output} ({', '.join(f'{d.parent.name}/{d.name}' for d in earlier)})")
+def fresh_output() -> Path:
+    """A new folder under ``runs/`` named by the date and time (a number added when it is taken)."""
+    stem = LATEST.parent / time.strftime("%Y-%m-%d_%H-%M-%S")
+    candidate, number = stem, 1
+    while candidate.exists() or candidate.is_symlink():
+        number += 1
+        candidate = stem.with_name(f"{stem.name}-{number}")
+    return candidate
 
 
-def _extends(output: Path, config: RunConfig) -> bool:
-    saved = load_config(output / CONFIG_FILE)
-    return (saved.data.add_tasks or []) != (config.data.add_tasks or [])
+def point_latest(folder: Path, log) -> None:
+    """``runs/latest`` -> ``folder`` (a symbolic link, replaced atomically). A real folder of that
+    name (written by jumplora before 2026-12-07) is left as it is."""
+    if LATEST.exists() and not LATEST.is_symlink():
+        log(f"note: {LATEST} is a folder of an earlier run, not a link: it is kept, and this run is in {folder}")
+        return
+    tmp = LATEST.with_name(LATEST.name + ".tmp-link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(folder.name)
+    tmp.replace(LATEST)
+
+
+def _extends(output: OutputFolder, config: RunConfig) -> bool:
+    saved = output.saved_settings()
+    return (saved.get("add_tasks") or []) != (config.data.add_tasks or [])
 
 
 def _notes(config: RunConfig, accelerator, tasks, log) -> None:
@@ -123,34 +151,21 @@ def step_warnings(config: RunConfig, tasks) -> list[str]:
     return warnings
 
 
-def _check_writable(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise JumploraError(f"output directory {output} is not writable ({error.strerror}): pass --output DIR") from None
-
-
-def single_task_baselines(config, method, seed, tasks, accelerator, log) -> list[float]:
+def single_task_baselines(config, output: OutputFolder, method, seed, tasks, accelerator, log) -> list[float]:
     """a_{0,i}: the same method trained on task i alone from the base model (cached on disk, for FWT)."""
     values = []
     key = {k: v for k, v in config.to_dict().items() if k not in ("methods", "seeds", "output", "single_task_baselines")}
     for task in tasks:
-        cache = Path(config.output) / method / "single_task" / f"seed{seed}" / task.name
-        cached = cache / RESULTS
-        if cached.is_file():
+        folder = output.single_task(method, seed, task.name)
+        previous = None
+        if folder.results.is_file():
             try:
-                previous = RunRecord.read(cached)
+                previous = RunRecord.read(folder.results)
             except JumploraError:
                 previous = None
-            if previous is not None and previous.config_key == key and previous.finished_tasks == 1:
-                values.append(previous.accuracy_matrix[0][0])
-                continue
-        record, _ = run_stream(config, method, seed, [task], accelerator, log, output=cache)
-        record.config_key = key
-        if accelerator.is_main_process:
-            record.write(cached)
+        if previous is not None and previous.config_key == key and previous.finished_tasks == 1:
+            values.append(previous.accuracy_matrix[0][0])
+            continue
+        record, _ = run_stream(StreamJob(config, method, seed, folder, config_key=key), [task], accelerator, log)
         values.append(record.accuracy_matrix[0][0])
     return values

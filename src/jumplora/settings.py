@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 from pathlib import Path
 import types
 import typing
@@ -31,7 +33,7 @@ import yaml
 
 from jumplora.errors import JumploraError
 
-TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "none")  # how a switch is written
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
@@ -97,7 +99,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return _as(value, option, key)
         except _Mismatch as problem:
             problems.append(str(problem))
-    raise JumploraError(f"{key} must be {' or '.join(problems)}, got {value!r}")
+    raise JumploraError(f"{key} must be {' or '.join(problems)}, got {shorten(value)}")
 
 
 class _Mismatch(Exception):
@@ -119,8 +121,9 @@ def _as(value: Any, kind: Any, key: str) -> Any:
         raise _Mismatch("true or false")
     if kind in (int, float):
         number = _number(value)
-        if number is None or (kind is int and not float(number).is_integer()):
-            raise _Mismatch("a whole number" if kind is int else "a number")
+        if number is None or not math.isfinite(number) or (kind is int and not float(number).is_integer()):
+            # Infinity and NaN mean nothing as a setting (a temperature of inf trains nothing).
+            raise _Mismatch("a whole number" if kind is int else "a finite number")
         return int(number) if kind is int else float(number)
     if kind is str:
         if isinstance(value, str):
@@ -154,7 +157,7 @@ def _check_value(field: dataclasses.Field, value: Any) -> None:
             continue
         choices = choices_of(field)
         if choices is not None and item not in choices:
-            raise JumploraError(f"unknown {key} {item!r}: use one of {', '.join(map(str, choices))}"
+            raise JumploraError(f"unknown {key} {shorten(item)}: use one of {', '.join(map(str, choices))}"
                                 + did_you_mean(str(item), [str(c) for c in choices]))
         for bound, holds, words in (("minimum", lambda v, b: v >= b, ">="), ("above", lambda v, b: v > b, ">"),
                                     ("below", lambda v, b: v < b, "<")):
@@ -163,9 +166,19 @@ def _check_value(field: dataclasses.Field, value: Any) -> None:
                 raise JumploraError(f"{key} must be {words} {limit:g}, got {item:g}")
 
 
+def shorten(value: Any, most: int = 80) -> str:
+    """``repr(value)``, cut after ``most`` characters (a message never prints a whole file)."""
+    shortener = reprlib.Repr()
+    shortener.maxstring, shortener.maxother, shortener.maxlist, shortener.maxdict, shortener.maxlevel = most, most, 8, 8, 3
+    text = shortener.repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
 def did_you_mean(word: str, known: list[str]) -> str:
-    """`` (did you mean X?)`` for the closest of ``known``, else ``""``."""
-    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    """`` (did you mean X?)`` for the closest of ``known``, else ``""``. A word that begins known
+    names suggests the first of them in ``known``'s order (``jumplora`` -> ``jumplora+inclora``)."""
+    starting = [name for name in known if name.startswith(word) and word]
+    close = starting[:1] or difflib.get_close_matches(word, known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
@@ -184,14 +197,51 @@ def help_text(field: dataclasses.Field) -> str:
     return "; ".join(p for p in parts if p)
 
 
+# The most values a settings or task file may expand to. YAML aliases repeat a value by reference:
+# nine levels of nine aliases make 10⁹ values from a few lines (the "billion laughs"), which any
+# walk over them (a message, a copy) would try to build.
+MAX_YAML_VALUES = 100_000
+
+
 def read_yaml(path: Path, what: str):
-    """The YAML (or JSON) value in ``path``; a missing or unparsable file is a JumploraError naming ``what``."""
+    """The YAML (or JSON) value in ``path``; a missing or unparsable file, or one whose aliases
+    expand past :data:`MAX_YAML_VALUES` values, is a JumploraError naming ``what``."""
     if not path.is_file():
         raise JumploraError(f"{what} {path} not found")
     try:
-        return yaml.safe_load(path.read_text())
+        value = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise JumploraError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise JumploraError(f"cannot read {what} {path} ({getattr(error, 'strerror', None) or error}): check the file "
                             "and its permissions") from None
+    if expanded_size(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise JumploraError(f"{what} {path} expands to more than {MAX_YAML_VALUES:,} values (YAML aliases repeated "
+                            "inside each other): write the values out")
+    return value
+
+
+def expanded_size(value: Any, limit: int) -> int:
+    """How many values ``value`` holds once every shared reference is counted as often as it is
+    reached (stopping once past ``limit``); a value that contains itself counts as past it."""
+    sizes: dict[int, int] = {}
+
+    def size(item: Any, depth: int) -> int:
+        if not isinstance(item, (list, dict)):
+            return 1
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if depth > 100:
+            return limit + 1
+        sizes[key] = limit + 1  # reached again while being counted: it contains itself
+        children = item.values() if isinstance(item, dict) else item
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > limit:
+                break
+        sizes[key] = total
+        return total
+
+    return size(value, 0)

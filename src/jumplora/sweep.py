@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from jumplora.config import load_config, load_yaml
-from jumplora.resume import CONFIG_FILE, resumable_config
+from jumplora.resume import resumable_config
+from jumplora.run_folder import OutputFolder
 from jumplora.runner import run
 
 
@@ -22,8 +23,8 @@ def sweep(path: Path, force: bool = False, log=print) -> Path:
     for order in orders:
         folder = output / (f"order{order}" if order is not None else "stream")
         settings = {**values, "order": order, "output": str(folder)}
-        if (folder / CONFIG_FILE).is_file():
-            run(resumable_config(folder, settings, force), log=log, resume=True)
+        if OutputFolder(folder).config_file.is_file():
+            run(resumable_config(OutputFolder(folder), settings, force), log=log, resume=True)
         else:
             run(load_config(overrides=settings), log=log)
         folders.append(folder)

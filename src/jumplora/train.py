@@ -22,12 +22,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
-from jumplora.adapters import _compat
+from jumplora import _compat
+from jumplora.adapters import TaskUpdate
+from jumplora.context import RunContext
 from jumplora.data.tasks import Example, Task
 from jumplora.errors import JumploraError
-from jumplora.families import Family
 from jumplora.settings import check, setting
-from jumplora.strategies.methods import Strategy
 
 Batch = tuple[Task, list[Example]]
 
@@ -87,36 +87,41 @@ def batches(tasks: Sequence[Task], batch_size: int, epochs: int, seed: int, limi
     return out
 
 
-def train_task(
-    model: torch.nn.Module,
-    family: Family,
-    strategy: Strategy,
-    index: int,
-    plan: list[Batch],
-    config,
-    accelerator: Accelerator,
-    label: str,
-    first_step: int = 0,
-) -> dict:
-    """Train ``plan`` (one task's batches) and merge; returns the loss curve and timing."""
+@dataclass
+class TaskTraining:
+    """What training one task gives: its merged update and how the training went."""
+
+    update: TaskUpdate | None  # None when nothing was merged (seqlora before its last task)
+    losses: list[float]  # the task loss per optimiser step
+    thresholds: dict[str, float]  # τ per group at the end (JumpLoRA)
+    threshold_trace: dict[str, list[float]]  # τ per group per step
+    gate: dict  # the kept fraction and τ at S_start, S_final and the end
+    steps: int
+    seconds: float
+    search: dict[str, float] | None = None  # ELLA's λ search: the dev accuracy of each λ
+
+
+def train_task(ctx: RunContext, index: int, plan: list[Batch], label: str, first_step: int = 0) -> TaskTraining:
+    """Train ``plan`` (one task's batches) with the context's method, then merge."""
     if not plan:
         raise JumploraError(f"task {label} has no training examples")
+    config, accelerator, strategy = ctx.config, ctx.accelerator, ctx.strategy
     started = time.perf_counter()
     params = strategy.start_task(index, len(plan))
     optimizer = torch.optim.AdamW(params, lr=config.optim.learning_rate, weight_decay=config.optim.weight_decay)
     warmup = config.optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    wrapped, optimizer = accelerator.prepare(ctx.model, optimizer)
     if config.compile:
         # The forward and backward as a few compiled graphs instead of ~20,000 Python-dispatched
         # operations per step (T5-large), which bound an eager step on a GPU. A new task's adapters
         # and each step's γ reuse the graphs already built (AdaptedLinear keeps γ in a tensor).
         wrapped = torch.compile(wrapped, backend=config.compile)
+    step_of = _Stepper(ctx, wrapped, optimizer, scheduler, label)
     losses, trace = [], []
     bar = tqdm(plan, desc=f"train {label}", unit="step", disable=not accelerator.is_local_main_process, leave=False)
-    for step, (task, examples) in enumerate(bar):
-        losses.append(_step(wrapped, family, strategy, optimizer, scheduler, accelerator, config.compile,
-                            task, examples, step, label))
+    for step, batch in enumerate(bar):
+        losses.append(step_of(batch, step))
         tau = strategy.threshold_tensor()
         if tau is not None:
             trace.append(tau)
@@ -131,35 +136,41 @@ def train_task(
     # τ per group per step, e.g. {"model": [...]}: one transfer at the end of the task.
     threshold_trace = dict(zip(thresholds, torch.stack(trace).t().tolist())) if trace else {}
     accelerator.free_memory()
-    update = strategy.end_task(_fisher_losses(model, family, plan, accelerator))
-    return {"update": update, "losses": losses, "thresholds": thresholds, "threshold_trace": threshold_trace,
-            "gate": gate, "steps": len(plan), "seconds": time.perf_counter() - started}
+    update = strategy.end_task(_fisher_losses(ctx, plan))
+    return TaskTraining(update, losses, thresholds, threshold_trace, gate, len(plan), time.perf_counter() - started)
 
 
-def _step(wrapped, family: Family, strategy: Strategy, optimizer, scheduler, accelerator: Accelerator,
-          backend: str | None, task: Task, examples: list[Example], step: int, label: str) -> float:
-    """One optimiser step on this process's share of the batch; returns the task loss (not the penalty)."""
-    strategy.set_step(step)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    batch = family.collate(task, examples[rank::world] or examples[:1])
-    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-    with accelerator.autocast(), _compile_errors(backend):
-        loss = family.loss(wrapped, batch)
-        penalty = strategy.penalty()
-        total = loss if penalty is None else loss + penalty
-    # One device-to-host read per step for both numbers (each read waits for the queued work).
-    loss_value, total_value = torch.stack([loss.detach().float(), total.detach().float()]).tolist()
-    if not math.isfinite(total_value):
-        raise JumploraError(
-            f"the loss became {total_value} at step {step} of task {label}: lower the learning rate "
-            "or use --precision fp32"
-        )
-    with _compile_errors(backend):  # the backward graph is compiled at its first use
-        accelerator.backward(total)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_value
+class _Stepper:
+    """One optimiser step on this process's share of a batch; returns the task loss (not the penalty)."""
+
+    def __init__(self, ctx: RunContext, wrapped, optimizer, scheduler, label: str) -> None:
+        self.ctx, self.wrapped, self.optimizer, self.scheduler, self.label = ctx, wrapped, optimizer, scheduler, label
+
+    def __call__(self, batch: Batch, step: int) -> float:
+        ctx, backend = self.ctx, self.ctx.config.compile
+        accelerator, strategy = ctx.accelerator, ctx.strategy
+        task, examples = batch
+        strategy.set_step(step)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        inputs = ctx.family.collate(task, examples[rank::world] or examples[:1])
+        inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
+        with accelerator.autocast(), _compile_errors(backend):
+            loss = ctx.family.loss(self.wrapped, inputs)
+            penalty = strategy.penalty()
+            total = loss if penalty is None else loss + penalty
+        # One device-to-host read per step for both numbers (each read waits for the queued work).
+        loss_value, total_value = torch.stack([loss.detach().float(), total.detach().float()]).tolist()
+        if not math.isfinite(total_value):
+            raise JumploraError(
+                f"the loss became {total_value} at step {step} of task {self.label}: lower the learning rate "
+                "or use --precision fp32"
+            )
+        with _compile_errors(backend):  # the backward graph is compiled at its first use
+            accelerator.backward(total)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
 
 
 @contextmanager
@@ -175,9 +186,8 @@ def _compile_errors(backend: str | None):
                             f"{reason}); run without --compile") from None
 
 
-def _fisher_losses(model, family: Family, plan: list[Batch], accelerator, max_batches: int = 8) -> Iterator[torch.Tensor]:
+def _fisher_losses(ctx: RunContext, plan: list[Batch], max_batches: int = 8) -> Iterator[torch.Tensor]:
     """Losses of a few of the task's batches at the trained weights (EWC's empirical Fisher)."""
     for task, examples in plan[: max_batches]:
-        batch = {k: v.to(accelerator.device) for k, v in family.collate(task, examples).items()}
-        yield family.loss(model, batch)
-
+        batch = {k: v.to(ctx.accelerator.device) for k, v in ctx.family.collate(task, examples).items()}
+        yield ctx.family.loss(ctx.model, batch)

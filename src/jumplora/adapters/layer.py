@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jumplora.adapters import _compat
+from jumplora import layout
 from jumplora.gate import gate_factor, interpolated_update, jump_gate, threshold_gradient
 
 
@@ -131,7 +131,7 @@ class AdaptedLinear(nn.Module):
         self.bandwidth = config.bandwidth
         self.reduction = config.reduction
         self.fused = config.fused
-        d_in, d_out = _compat.in_out_features(base_layer)
+        d_in, d_out = layout.in_out_features(base_layer)
         weight = base_layer.weight
         # Adapters live in fp32 even when the frozen base is stored in bf16: the optimiser state and
         # the small per-step updates need the precision, and they are a tiny part of the memory.
@@ -185,7 +185,7 @@ class AdaptedLinear(nn.Module):
             # The low-rank path: what plain LoRA costs, no d_out×d_in matrix.
             low_rank = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
             return self.base_layer(x) + (self.scaling * low_rank).to(x.dtype)
-        weight = _compat.linear_weight(self.base_layer)
+        weight = layout.linear_weight(self.base_layer)
         bias = self.base_layer.bias
         if self.fused:
             return _FoldedJumpLinear.apply(

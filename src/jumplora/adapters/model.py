@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jumplora.adapters import _compat
+from jumplora import layout
 from jumplora.adapters.config import AdapterConfig, JumpSchedule
 from jumplora.adapters.layer import AdaptedLinear, Gamma, Kernels, ThresholdGroup
 from jumplora.adapters.update import TaskUpdate
@@ -51,8 +51,8 @@ class AdapterSet:
     @staticmethod
     def target_names(model: nn.Module, config: AdapterConfig) -> list[str]:
         """The names of the linear modules of ``model`` that ``config`` adapts."""
-        targets = config.targets or _compat.default_targets(model)
-        linear = [n for n, m in model.named_modules() if _compat.is_linear(m) and n]
+        targets = config.targets or layout.default_targets(model)
+        linear = [n for n, m in model.named_modules() if layout.is_linear(m) and n]
         if any(isinstance(m, AdaptedLinear) for m in model.modules()):
             raise JumploraError("the model already has adapters: merge_and_unload() them before adding new ones")
         if targets is None:
@@ -71,7 +71,7 @@ class AdapterSet:
 
     def _group_key(self, name: str) -> str:
         # ModuleDict keys may not contain dots.
-        return "model" if self.config.threshold_mode == "global" else _compat.block_of(name).replace(".", "/")
+        return "model" if self.config.threshold_mode == "global" else layout.block_of(name).replace(".", "/")
 
     def _make_groups(self, names: list[str]) -> dict[str, ThresholdGroup]:
         device = self.model.get_submodule(names[0]).weight.device

@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from jumplora import metrics
-from jumplora.adapters import _compat
+from jumplora import layout
 from jumplora.errors import JumploraError
+from jumplora.files import save_tensors
 
 FORMAT = "jumplora-task-update"
 FORMAT_VERSION = "2"
@@ -59,17 +60,17 @@ class TaskUpdate:
         """From (d_out, d_in) updates (and, for LoRA, their (A, B, β)) to the layout of each module's weight."""
         stored, kept = {}, {}
         for name, delta in deltas.items():
-            module = _compat.unwrap(model.get_submodule(name))
-            stored[name] = _compat.convert_layout(module, delta).contiguous()
+            module = layout.unwrap(model.get_submodule(name))
+            stored[name] = layout.convert_layout(module, delta).contiguous()
             if factors and name in factors:
                 A, B, scaling = factors[name]
-                kept[name] = (A.detach(), B.detach(), scaling, _compat.is_transposed(module))
+                kept[name] = (A.detach(), B.detach(), scaling, layout.is_transposed(module))
         return cls(stored, kind, factors=kept)
 
     def linear_deltas(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The updates in the (d_out, d_in) layout of nn.Linear, e.g. for ELLA's W_past."""
-        modules = {name: _compat.unwrap(model.get_submodule(name)) for name in self.deltas}
-        return {name: _compat.convert_layout(modules[name], d) for name, d in self.deltas.items()}
+        modules = {name: layout.unwrap(model.get_submodule(name)) for name in self.deltas}
+        return {name: layout.convert_layout(modules[name], d) for name, d in self.deltas.items()}
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The binary support of each layer's update (True where the entry is nonzero)."""
@@ -88,7 +89,7 @@ class TaskUpdate:
                 module = model.get_submodule(name)
             except AttributeError:
                 raise JumploraError(f"the update names module {name!r}, which this model does not have") from None
-            if not _compat.is_linear(module) or module.weight.shape != delta.shape:
+            if not layout.is_linear(module) or module.weight.shape != delta.shape:
                 shape = tuple(module.weight.shape) if hasattr(module, "weight") else None
                 raise JumploraError(
                     f"the update of {name!r} has shape {tuple(delta.shape)} but the model's weight is {shape}: "
@@ -105,10 +106,7 @@ class TaskUpdate:
         for name, delta in self.deltas.items():
             tensors.update(_smallest(name, delta.detach().cpu(), self.factors.get(name)))
         header = {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, **self.metadata}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"jumplora": json.dumps(header, sort_keys=True)})
-        tmp.replace(path)
+        save_tensors(tensors, Path(path), metadata={"jumplora": json.dumps(header, sort_keys=True)})
 
     @classmethod
     def load(cls, path: str | Path) -> TaskUpdate:
@@ -216,3 +214,19 @@ def _scatter(parts: dict[str, torch.Tensor], bad) -> torch.Tensor:
     dense = torch.zeros(n, dtype=values.dtype)
     dense[indices] = values
     return dense.reshape(shape)
+
+
+def update_labels(metadata: dict[str, str]) -> list[str]:
+    """The task's labels an update file records: a JSON list (files written before 2026-12-07 joined
+    them with newlines)."""
+    text = metadata.get("labels")
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            labels = json.loads(text)
+            if isinstance(labels, list) and all(isinstance(label, str) for label in labels):
+                return labels
+        except ValueError:
+            pass
+    return text.split("\n")

@@ -1,15 +1,8 @@
-"""Tasks, prompts and the loaders of the benchmark, of a user's own files and of the demo stream."""
+"""Tasks and prompts; the benchmark folder, a user's own files and hub datasets, the demo stream."""
 
-from jumplora.data.benchmark import (
-    Benchmark,
-    TaskSpec,
-    benchmark_of_order,
-    examples_from_records,
-    load_benchmark,
-    load_hub_task,
-    load_task_file,
-)
+from jumplora.data.benchmark import Benchmark, TaskSpec, benchmark_of_order, load_benchmark
 from jumplora.data.demo import demo_stream
+from jumplora.data.records import examples_from_records, read_records
 from jumplora.data.tasks import (
     SPLITS,
     Example,
@@ -20,6 +13,7 @@ from jumplora.data.tasks import (
     stratified_split,
     subsample,
 )
+from jumplora.data.user_tasks import load_hub_task, load_task_file, read_task_list
 
 __all__ = [
     "SPLITS",
@@ -36,6 +30,8 @@ __all__ = [
     "load_hub_task",
     "load_task_file",
     "normalize_answer",
+    "read_records",
+    "read_task_list",
     "stratified_split",
     "subsample",
 ]

@@ -51,7 +51,8 @@ def demo_stream(n_train: int = 200, n_dev: int = 50, n_test: int = 100, seed: in
     stream = []
     for name, instruction, labels, pool in tasks:
         train, dev, test = stratified_split(_unique(pool), [n_train, n_dev, n_test], seed)
-        stream.append(Task(name, instruction, labels, train, dev, test, {"train": 0, "dev": 0, "test": 0}))
+        stream.append(Task(name, instruction, labels, train, dev, test, {"train": 0, "dev": 0, "test": 0},
+                           source="the demo stream (jumplora.data.demo)"))
     return stream
 
 

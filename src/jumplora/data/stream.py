@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from jumplora.data.benchmark import BENCHMARK_ORDERS, DEFAULT_ORDER, load_benchmark, load_hub_task, load_task_file
+from jumplora.data.benchmark import BENCHMARK_ORDERS, DEFAULT_ORDER, load_benchmark
+from jumplora.data.user_tasks import TASK_LIST_SUFFIXES, read_task_list
 from jumplora.data.demo import demo_stream
 from jumplora.data.tasks import Task, subsample
 from jumplora.errors import JumploraError
-from jumplora.settings import check, read_yaml, setting
+from jumplora.settings import check, setting
 
 BENCHMARKS = ("demo", *BENCHMARK_ORDERS)
 
@@ -63,7 +64,7 @@ def resolve_stream(config: StreamConfig) -> list[Task]:
     """The tasks of the run, in training order, subsampled as the config asks (seed 0: the same
     examples for every method and seed, so their accuracy matrices are comparable)."""
     if config.task_file:
-        tasks = _tasks_from_file(Path(config.task_file))
+        tasks = read_task_list(Path(config.task_file))
     elif config.benchmark in BENCHMARK_ORDERS or config.tasks:
         if not config.data_dir:
             raise JumploraError("the sc/ls benchmarks and --tasks read a benchmark folder: pass --data-dir DIR")
@@ -83,15 +84,12 @@ def resolve_stream(config: StreamConfig) -> list[Task]:
     return tasks
 
 
-TASK_FILE_SUFFIXES = (".yaml", ".yml", ".json")
-
-
 def _added(config: StreamConfig) -> list[Task]:
     """The tasks of ``add_tasks``: a task file's tasks, or a task of the benchmark folder by name."""
     tasks, benchmark = [], None
     for entry in config.add_tasks or []:
-        if entry.lower().endswith(TASK_FILE_SUFFIXES):
-            tasks += _tasks_from_file(Path(entry))
+        if is_task_list(entry):
+            tasks += read_task_list(Path(entry))
             continue
         if benchmark is None:
             if not config.data_dir:
@@ -102,32 +100,6 @@ def _added(config: StreamConfig) -> list[Task]:
     return tasks
 
 
-def _tasks_from_file(path: Path) -> list[Task]:
-    """A YAML/JSON list of tasks: {name, instruction, path, labels?, text_column?, label_column?,
-    test_path?} for a local file, or {name, instruction, hub, config?, labels?, text_column?,
-    label_column?, train_split?, dev_split?, test_split?} for a dataset on the Hugging Face hub."""
-    entries = read_yaml(path, "task file")
-    if not isinstance(entries, list) or not entries:
-        raise JumploraError(f"task file {path} must be a non-empty list of tasks (name, path, instruction, ...)")
-    tasks = []
-    for number, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or not {"name", "instruction"} <= set(entry) or ("path" in entry) == ("hub" in entry):
-            raise JumploraError(f"task {number} of {path} needs name, instruction and one of path (a file) or hub (a dataset id)")
-        for key in ("name", "instruction", "path", "hub", "test_path", "text_column", "label_column"):
-            value = entry.get(key)
-            if (value is not None or key in ("name", "instruction")) and (
-                    not isinstance(value, str) or (key == "name" and not value.strip())):
-                raise JumploraError(f"task {number} of {path}: {key} must be {'a non-empty ' if key == 'name' else ''}"
-                                    f"text, got {value!r}")
-        entry = dict(entry)
-        for key in ("path", "test_path"):
-            if entry.get(key):
-                entry[key] = (path.parent / entry[key]) if not Path(entry[key]).is_absolute() else entry[key]
-        try:
-            if "hub" in entry:
-                tasks.append(load_hub_task(entry.pop("hub"), **entry))
-            else:
-                tasks.append(load_task_file(**entry))
-        except TypeError as error:
-            raise JumploraError(f"task {number} of {path}: {error}") from None
-    return tasks
+def is_task_list(entry: str) -> bool:
+    """Whether an ``add_tasks`` entry names a task file (else a task of the benchmark folder)."""
+    return entry.lower().endswith(TASK_LIST_SUFFIXES)

@@ -7,6 +7,7 @@ generated answer against the label string, after :func:`normalize_answer` on bot
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,12 @@ from dataclasses import dataclass, field
 from jumplora.errors import JumploraError
 
 SPLITS = ("train", "dev", "test")
+# A task's name becomes part of file names (its update, its checkpoint): it must be one entry of a
+# folder, short enough for any filesystem (with the index and suffix around it).
+MAX_NAME = 100
+# The options are spelled out in every prompt: past a few hundred a prompt is mostly options (and
+# 10,000 labels exhausted 22 GB of memory in one try). Labels are single lines of text.
+MAX_LABELS = 500
 # The O-LoRA / ELLA / JumpLoRA prompt (build_prompt); a model's manifest records it.
 PROMPT_TEMPLATE = "{instruction}\nOption: {options}\n{sentence}\nAnswer:"
 
@@ -42,17 +49,24 @@ class Task:
     dev: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    source: str = field(default="", compare=False)  # where the examples were read (for messages)
 
     def __post_init__(self) -> None:
         self.labels = tuple(self.labels)
-        if not self.name.strip():
-            raise JumploraError("a task has an empty name: give every task a non-empty name")
+        check_task_name(self.name)
         if not self.labels:
             raise JumploraError(f"task {self.name} has an empty label list: give it at least one label")
+        if len(self.labels) > MAX_LABELS:
+            raise JumploraError(f"task {self.name} has {len(self.labels)} labels; at most {MAX_LABELS} fit in a prompt: "
+                                "check its label column (a text column read as labels?), or split the task")
         if any(not isinstance(label, str) or not label.strip() for label in self.labels):
             raise JumploraError(
-                f"label list of task {self.name} has an empty or non-string label: {list(self.labels)}"
+                f"label list of task {self.name} has an empty or non-string label: {_shown(self.labels)}"
             )
+        control = [label for label in self.labels if any(ord(c) < 32 or ord(c) == 127 for c in label)]
+        if control:
+            raise JumploraError(f"label {control[0]!r} of task {self.name} holds a control character (a line break, "
+                                "a tab): a label is one line of text; fix it in the data")
         # Answers are compared after normalisation, so "Good" and "good " are the same answer.
         normalized = [normalize_answer(label) for label in self.labels]
         clashes = [[label for label in self.labels if normalize_answer(label) == n]
@@ -68,8 +82,8 @@ class Task:
             for example in self.split(split):
                 if example.label not in known:
                     raise JumploraError(
-                        f"task {self.name} has a {split} example labelled {example.label!r}, "
-                        f"which is not one of its labels {list(self.labels)}"
+                        f"task {self.name} has a {split} example labelled {example.label[:60]!r}, "
+                        f"which is not one of its labels {_shown(self.labels)}"
                     )
 
     def split(self, name: str) -> list[Example]:
@@ -78,9 +92,49 @@ class Task:
             raise JumploraError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
         return getattr(self, name)
 
+    def fingerprints(self) -> dict[str, str]:
+        """Per split, the SHA-256 of what a model learns or is measured on: the instruction, the
+        labels and the split's examples in order. A resume or an evaluation that reads the data
+        again compares them, so changed data is refused instead of silently used."""
+        import hashlib
+
+        def digest(examples: list[Example]) -> str:
+            text = json.dumps([self.instruction, list(self.labels), [[e.sentence, e.label] for e in examples]])
+            return hashlib.sha256(text.encode()).hexdigest()
+
+        return {split: digest(self.split(split)) for split in SPLITS}
+
+    def labels_json(self) -> str:
+        """The labels as a JSON list (how an update file's metadata records them)."""
+        return json.dumps(list(self.labels), ensure_ascii=False)
+
     def prompt(self, sentence: str) -> str:
         """The model input for ``sentence`` in this task (see :func:`build_prompt`)."""
         return build_prompt(self.instruction, self.labels, sentence)
+
+
+def check_task_name(name: str) -> None:
+    """A task name a file name can be made of: not empty, at most :data:`MAX_NAME` characters, no
+    path separator, no ``..``, no control character (a NUL included)."""
+    if not isinstance(name, str) or not name.strip():
+        raise JumploraError("a task has an empty name: give every task a non-empty name")
+    problem = None
+    if len(name) > MAX_NAME:
+        problem = f"is {len(name)} characters long (at most {MAX_NAME})"
+    elif "/" in name or "\\" in name:
+        problem = "holds a path separator ('/' or '\\')"
+    elif name in (".", "..") or name.startswith("."):
+        problem = "starts with '.'"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "holds a control character"
+    if problem:
+        raise JumploraError(f"the task name {name[:60]!r} {problem}: names become file names; rename the task")
+
+
+def _shown(labels: Sequence[str], most: int = 12) -> str:
+    """A label list for a message, cut after ``most`` labels."""
+    shown = ", ".join(repr(label[:40]) for label in labels[:most])
+    return f"[{shown}{f', ... ({len(labels)} in all)' if len(labels) > most else ''}]"
 
 
 def build_prompt(instruction: str, labels: Sequence[str], sentence: str) -> str:

@@ -7,9 +7,10 @@ batch, a batch into a scalar loss, and examples into predicted label strings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import abc
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -19,15 +20,41 @@ from jumplora.data.tasks import Example, Task, normalize_answer
 from jumplora.errors import JumploraError
 
 
-class Family:
+class Family(abc.ABC):
     """One model family (``seq2seq``, ``causal`` or ``encoder``): batches, loss and prediction.
 
-    Subclasses implement :meth:`collate`, :meth:`loss` and :meth:`predict_batch`; they may override
-    :meth:`prompt_ids` (how a prompt is tokenised and truncated), :meth:`prepare` (per-task state
-    computed once per :meth:`predict` call) and :meth:`rows_per_example`.
+    Subclasses implement :meth:`collate`, :meth:`loss`, :meth:`predict_batch` and :attr:`scoring`
+    (a family that lacks one cannot be built: it fails when the model loads, not after training);
+    they may override :meth:`prompt_ids` (how a prompt is tokenised and truncated), :meth:`prepare`
+    (per-task state computed once per :meth:`predict` call) and :meth:`rows_per_example`.
+
+    :attr:`SETTINGS` declares the family's options once: each run setting it takes (by its flat
+    key, a field of ``FamilyOptions``) and the constructor keyword (and attribute) it sets. A run
+    builds the family from its settings and a model's manifest records them by the same keys
+    (:meth:`from_settings`, :meth:`settings`).
     """
 
-    name: str
+    name: ClassVar[str]
+    SETTINGS: ClassVar[dict[str, str]] = {"max_source_length": "max_source_length"}
+
+    @classmethod
+    def from_settings(cls, tokenizer: Any, settings: Mapping[str, Any]) -> Family:
+        """The family built from run settings (flat keys; those of other families are ignored)."""
+        return cls(tokenizer, **cls.keywords(settings))
+
+    @classmethod
+    def keywords(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor keywords of the settings this family takes."""
+        return {keyword: settings[key] for key, keyword in cls.SETTINGS.items() if key in settings}
+
+    def settings(self) -> dict[str, Any]:
+        """The run settings this family object was built with (what a manifest records)."""
+        return {key: getattr(self, keyword) for key, keyword in self.SETTINGS.items()}
+
+    @property
+    @abc.abstractmethod
+    def scoring(self) -> str:
+        """How an answer is chosen: generate, rank or option-embedding (recorded in the manifest)."""
 
     def __init__(self, tokenizer: Any, max_source_length: int = 512):
         if max_source_length < 1:
@@ -46,13 +73,13 @@ class Family:
         prompts = [task.prompt(example.sentence) for example in examples]
         return self.tokenizer(prompts, truncation=True, max_length=self.max_source_length)["input_ids"]
 
+    @abc.abstractmethod
     def collate(self, task: Task, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """A training batch of CPU tensors for ``examples`` of ``task``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The scalar mean loss of ``model`` on a batch made by :meth:`collate`."""
-        raise NotImplementedError
 
     def prepare(self, model: nn.Module, task: Task) -> Any:
         """State that :meth:`predict_batch` needs for every batch of ``task``, computed once."""
@@ -62,9 +89,9 @@ class Family:
         """Model input rows one example takes in :meth:`predict_batch`."""
         return 1
 
+    @abc.abstractmethod
     def predict_batch(self, model: nn.Module, task: Task, prompt_ids: list[list[int]], state: Any) -> list[str]:
         """Predicted label strings for a batch of tokenised prompts (called in inference mode)."""
-        raise NotImplementedError
 
     def predict(self, model: nn.Module, task: Task, examples: Sequence[Example], batch_size: int = 64,
                 progress: bool = False) -> list[str]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jumplora.adapters import _compat
+from jumplora import _compat
 from jumplora.data.tasks import Example, Task
 from jumplora.errors import JumploraError
 from jumplora.families.base import Family, match_label, pad, padded_inputs, to_device
@@ -37,6 +37,7 @@ class CausalFamily(Family):
     """
 
     name = "causal"
+    SETTINGS = {**Family.SETTINGS, "causal_mode": "mode"}
 
     def __init__(self, tokenizer, max_source_length: int = 512, mode: str = "generate", label_only_loss: bool = True):
         super().__init__(tokenizer, max_source_length)
@@ -51,6 +52,10 @@ class CausalFamily(Family):
         # it may append (T5-style tokenizers do).
         bos = tokenizer.bos_token_id
         self.prefix = [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
+
+    @property
+    def scoring(self) -> str:
+        return self.mode
 
     def label_ids(self, labels: Sequence[str]) -> list[list[int]]:
         """Target ids of each label: its tokens after a space, then EOS."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 from jumplora.families.causal import MODES
-from jumplora.settings import check, setting
+from jumplora.settings import check, key_of, setting
 
 
 def _family_names() -> tuple[str, ...]:
@@ -36,8 +37,6 @@ class FamilyOptions:
     def __post_init__(self) -> None:
         check(self)
 
-    def for_family(self, name: str) -> dict:
-        """The keyword options of family ``name``'s class (the others' options do not apply)."""
-        common = {"max_source_length": self.max_source_length}
-        extra = {"causal": {"mode": self.causal_mode}, "encoder": {"temperature": self.encoder_temperature}}
-        return {**common, **extra.get(name, {})}
+    def as_settings(self) -> dict:
+        """The options by their flat keys, as ``Family.from_settings`` takes them."""
+        return {key_of(f): getattr(self, f.name) for f in dataclasses.fields(self)}

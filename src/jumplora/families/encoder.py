@@ -28,6 +28,8 @@ class EncoderFamily(Family):
     """
 
     name = "encoder"
+    SETTINGS = {**Family.SETTINGS, "encoder_temperature": "temperature"}
+    scoring = "option-embedding"
 
     def __init__(self, tokenizer, max_source_length: int = 512, temperature: float = 0.05):
         # Position embeddings are learned up to the tokenizer's limit: longer inputs would not fit.

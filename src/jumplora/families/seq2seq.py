@@ -23,6 +23,7 @@ class Seq2SeqFamily(Family):
     """
 
     name = "seq2seq"
+    scoring = "generate"
 
     def label_ids(self, labels: Sequence[str]) -> list[list[int]]:
         """Token ids of each label as a decoder target, with the tokenizer's end token."""

@@ -36,14 +36,6 @@ def accuracy_heatmap(run: Run, folder: Path, filename: str) -> Figure:
     return save(canvas, folder, filename, caption)
 
 
-def forgetting_per_task(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each task i: the final drop d_i = a[i,i] - a[T-1,i] (so BWT = -mean_{i<T-1} d_i) and the
-    largest drop at any time after learning it, max_{t>=i} (a[i,i] - a[t,i]) >= 0."""
-    diagonal = np.diag(matrix)
-    drops = diagonal[None, :] - matrix  # [t, i]: how far task i is below its just-learned accuracy
-    return drops[-1], np.nanmax(np.where(np.tri(len(matrix), dtype=bool), drops, np.nan), axis=0)
-
-
 def _sequential(runs: list[Run]) -> list[Run]:
     """Complete runs with the whole lower triangle measured (not mtl's single row)."""
     return [r for r in runs if r.complete and not np.isnan(r.accuracy[np.tril_indices(len(r.accuracy))]).any()]

@@ -54,15 +54,28 @@ def _kept_panel(ax, runs: list[Run], colors: dict) -> None:
     styles = {"s_start": (":", "S_start"), "s_final": ("--", "S_final"), "end": ("-", "end")}
     for method, group in by_method(runs).items():
         for point, (style, name) in styles.items():
-            rows = [[100 * np.mean(list(r.record.gate.get(t, {}).get(point, {}).get("kept", {}).values() or [np.nan]))
-                     for t in tasks] for r in group]
-            ax.plot(x, nan_mean(rows), style, marker="o", markersize=3, color=colors[method],
+            rows = [[_kept(r, t, point) for t in tasks] for r in group]
+            ax.plot(x, nan_mean(rows), linestyle=style, marker="o", markersize=3, color=colors[method],
                     label=f"{method}: {name}")
-    ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 4 else 0, ha="right" if len(tasks) > 4 else "center")
+    # Long names or many tasks: the labels turn and shrink so that neighbours do not overlap.
+    crowded = len(tasks) > 4 or max(map(len, tasks)) * len(tasks) > 48
+    ax.set_xticks(x, tasks, rotation=35 if crowded else 0, ha="right" if crowded else "center",
+                  fontsize=7 if crowded else None)
     ax.set(title="Entries the gate keeps", xlabel="task (training order)", ylabel="|ΔW| > τ (% of entries)")
     ax.set_ylim(0, None)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, handlelength=3)  # long enough to show each line's dash pattern
+
+
+def _kept(run: Run, task: str, point: str) -> float:
+    """Percent of entries kept at ``point`` of a task; a task too short to reach S_start had its gate
+    only at the merge: its end is 100 − its sparsity, and it has no S_start or S_final."""
+    kept = run.record.gate.get(task, {}).get(point, {}).get("kept")
+    if kept:
+        return 100 * float(np.mean(list(kept.values())))
+    if point == "end" and task in run.record.mean_sparsity:
+        return 100 * (1 - run.record.mean_sparsity[task])
+    return np.nan
 
 
 def loss_curves(runs: list[Run], folder: Path, filename: str, colors: dict) -> Figure | Paragraph:

@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from jumplora.config import defaults
-from jumplora.data.benchmark import DEFAULT_ORDER, benchmark_of_order
+from jumplora.data.benchmark import BENCHMARK_ORDERS, DEFAULT_ORDER, benchmark_of_order
 from jumplora.errors import JumploraError
-from jumplora.record import RESULTS, RunRecord
-SKIPPED_FOLDER = "single_task"  # FWT baselines: one task each, not a stream
+from jumplora.record import RunRecord
+from jumplora.run_folder import RESULTS_FILE as RESULTS
+from jumplora.run_folder import SINGLE_TASK as SKIPPED_FOLDER
+
 # The JumpLoRA settings a method label names when they differ from a run's defaults (also what a
 # results.json without them ran with): RunConfig's own defaults, so the two cannot drift apart.
 VARIANT_DEFAULTS = {key: defaults()[key] for key in ("threshold_mode", "ella_delta")}
+ALL_ORDERS = [order for orders in BENCHMARK_ORDERS.values() for order in orders]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,10 @@ def _results_files(folder: Path) -> list[Path]:
 
 def _load_run(path: Path) -> Run:
     record = RunRecord.read(path)
+    order = record.config.get("order")
+    if order is not None and (isinstance(order, bool) or str(order) not in {str(o) for o in ALL_ORDERS}):
+        raise JumploraError(f"{path}: its settings name the order {str(order)[:20]!r}, which is none of "
+                            f"{', '.join(map(str, ALL_ORDERS))}: restore the file (or re-run)")
     return Run(path=path, record=record, method=_method_label(record.method, record.config), seed=record.seed,
                stream=_stream(record.tasks, record.config), accuracy=record.accuracy)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.lines import Line2D
 
-from jumplora.adapters._compat import PROJECTIONS, block_index
+from jumplora.layout import PROJECTIONS, block_index
 from jumplora.report.document import Figure, Paragraph
 from jumplora.report.load import Run
 from jumplora.report.style import by_method, legend_below, nan_mean, new_figure, save
@@ -56,7 +56,7 @@ def layer_position(name: str) -> tuple[str, str, int] | None:
     """(stack, projection, block index) of an adapted module, e.g.
     "encoder.block.3.layer.0.SelfAttention.q" -> ("encoder", "q", 3); None without a block index.
 
-    The block is the one per-block thresholds group by (adapters._compat), so the figure and τ agree.
+    The block is the one per-block thresholds group by (jumplora.layout), so the figure and τ agree.
     """
     depth = block_index(name)
     if depth is None:

@@ -50,12 +50,19 @@ COLUMNS = [("OA (%)", "oa"), ("BWT (pp)", "bwt"), ("FWT (pp)", "fwt"), ("sparsit
            ("overlap (%)", "overlap")]
 
 
+# Shown only when some run has them: the options ranked by likelihood (--also-rank).
+RANK_COLUMNS = [("OA ranked (%)", "rank_oa"), ("BWT ranked (pp)", "rank_bwt")]
+SIGNED = ("bwt", "fwt", "rank_bwt")
+
+
 def run_values(record: RunRecord) -> dict[str, float | None]:
-    """OA, BWT, FWT, the mean sparsity of the merged updates and their mean Jaccard overlap with
-    earlier tasks (percent) of one run."""
+    """OA, BWT, FWT (and ranked OA, BWT), the mean sparsity of the merged updates and their mean
+    Jaccard overlap with earlier tasks (percent) of one run."""
     overlap = [v for v in record.jaccard.get("mean_with_previous", []) if v is not None]
     sparsity = list(record.mean_sparsity.values())
+    ranked = record.rank_metrics or {}
     return {**{k: record.metrics.get(k) for k in ("oa", "bwt", "fwt")},
+            "rank_oa": ranked.get("oa"), "rank_bwt": ranked.get("bwt"),
             "sparsity": 100 * float(np.mean(sparsity)) if sparsity else None,
             "overlap": 100 * float(np.mean(overlap)) if overlap else None}
 
@@ -75,9 +82,10 @@ def metrics_block(records: list[RunRecord]) -> list[str]:
     by_method: dict[str, list[dict]] = {}
     for record in records:
         by_method.setdefault(record.method, []).append(run_values(record))
-    rows = [[method] + [spread([v[key] for v in values], signed=key in ("bwt", "fwt")) for _, key in COLUMNS]
+    columns = COLUMNS[:3] + (RANK_COLUMNS if any(r.rank_metrics for r in records) else []) + COLUMNS[3:]
+    rows = [[method] + [spread([v[key] for v in values], signed=key in SIGNED) for _, key in columns]
             for method, values in by_method.items()]
-    header = ["method"] + [name for name, _ in COLUMNS]
+    header = ["method"] + [name for name, _ in columns]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(row: list) -> str:  # the method left-aligned, the numbers right-aligned under their headers
@@ -85,7 +93,9 @@ def metrics_block(records: list[RunRecord]) -> list[str]:
 
     legend = ("OA: mean accuracy over all tasks after the last one; BWT: mean change of each earlier task's accuracy "
               "from when it was learned to the end (negative = forgetting); FWT needs --single-task-baselines; "
-              "sparsity: zeros of the merged JumpLoRA updates; overlap: their Jaccard index with earlier tasks'")
+              "sparsity: zeros of the merged JumpLoRA updates; overlap: their Jaccard index with earlier tasks'"
+              + ("; ranked: the same, answers chosen as the most likely option (--also-rank)"
+                 if any(r.rank_metrics for r in records) else ""))
     return [fmt(header), *map(fmt, rows), legend]
 
 
@@ -105,12 +115,23 @@ def verdict(method: str, records: list[RunRecord]) -> str | None:
     if not delta["oa"] or not delta["bwt"]:
         return None
     d_oa, d_bwt = float(np.mean(delta["oa"])), float(np.mean(delta["bwt"]))
-    words = {(True, True): "better: higher BWT (keeps earlier tasks better) and higher OA",
-             (True, False): "higher BWT (keeps earlier tasks better) but lower OA",
-             (False, True): "higher OA but lower BWT (keeps earlier tasks worse)",
-             (False, False): "no gain: lower BWT and lower OA"}
-    text = words[(d_bwt > 0, d_oa > 0)]
+    text = _words(d_bwt, d_oa)
     if len(seeds) > 1 and all(abs(np.mean(v)) <= np.std(v, ddof=1) for v in delta.values()):
         text += " (both within the spread over seeds)"
     return (f"verdict: {method} vs {base}: ΔOA {spread(delta['oa'], True)} pp, ΔBWT {spread(delta['bwt'], True)} pp"
             f" on the same seeds: {text}")
+
+
+def _words(d_bwt: float, d_oa: float, level: float = 0.05) -> str:
+    """The verdict in words; differences under ``level`` points (the printed rounding) are ties."""
+    sign = {name: 0 if abs(d) < level else (1 if d > 0 else -1) for name, d in (("bwt", d_bwt), ("oa", d_oa))}
+    bwt = {1: "higher BWT (keeps earlier tasks better)", 0: "the same BWT", -1: "lower BWT (keeps earlier tasks worse)"}
+    oa = {1: "higher OA", 0: "the same OA", -1: "lower OA"}
+    both = f"{bwt[sign['bwt']]} and {oa[sign['oa']]}"
+    if sign["bwt"] >= 0 and sign["oa"] >= 0 and max(sign.values()) > 0:
+        return "better: " + both
+    if sign["bwt"] <= 0 and sign["oa"] <= 0 and min(sign.values()) < 0:
+        return "no gain: " + both
+    if sign["bwt"] == sign["oa"] == 0:
+        return "level: " + both
+    return f"{bwt[sign['bwt']]} but {oa[sign['oa']]}"

@@ -157,12 +157,15 @@ def gate_table(runs: list[Run]) -> Table | None:
     then over seeds). None when no run recorded it."""
     values: dict[tuple, list[list[float]]] = {}
     for run in runs:
-        for task, points in run.record.gate.items():
-            if "s_start" not in points:
-                continue
-            cells = [100 * np.mean(list(points.get(p, {}).get("kept", {}).values() or [np.nan]))
-                     for p in ("s_start", "s_final", "end")]
-            cells += [np.mean(list(points[p]["tau"].values())) for p in ("s_start", "end")]
+        for task, sparsity in run.record.mean_sparsity.items():
+            points = run.record.gate.get(task, {})
+            if "s_start" in points:
+                cells = [100 * np.mean(list(points.get(p, {}).get("kept", {}).values() or [np.nan]))
+                         for p in ("s_start", "s_final", "end")]
+                cells += [np.mean(list(points[p]["tau"].values())) for p in ("s_start", "end")]
+            else:  # a task too short to reach S_start: τ was set at the merge, the gate acted only there
+                tau = list(run.record.thresholds.get(task, {}).values())
+                cells = [np.nan, np.nan, 100 * (1 - sparsity), np.nan, np.mean(tau) if tau else np.nan]
             values.setdefault((run.stream.label, run.method, task), []).append(cells)
     if not values:
         return None
@@ -171,13 +174,14 @@ def gate_table(runs: list[Run]) -> Table | None:
     for key in sorted(values, key=lambda k: (k[0], method_sort_key(k[1]), order[k])):
         columns = list(zip(*values[key]))
         kept = [_cell(summarize([v for v in c if not np.isnan(v)])) for c in columns[:3]]
-        rows.append([*key, *kept, *(f"{np.mean(c):.2e}" for c in columns[3:])])
+        rows.append([*key, *kept, *(MISSING if np.isnan(c).all() else f"{np.nanmean(c):.2e}" for c in columns[3:])])
     header = ["Stream", "Method", "Task", "kept % at S_start", "kept % at S_final", "kept % at the end",
               "τ at S_start", "τ at the end"]
     caption = ("The gate of each task: the fraction of ΔW's entries with |ΔW| > τ (the merged update keeps those "
                "at the end; sparsity = 100 − kept). τ is initialised at S_start so that k = r·(d_in + d_out) "
-               "entries per group pass; afterwards kept grows when |ΔW| grows faster than τ moves. Mean ± sample "
-               "std over seeds (τ: mean).")
+               "entries per group pass; afterwards kept grows when |ΔW| grows faster than τ moves. A task with too "
+               "few steps to reach S_start has τ set at the merge: only its end is shown. Mean ± sample std over "
+               "seeds (τ: mean).")
     return Table(header, rows, caption, text_columns=3)
 
 

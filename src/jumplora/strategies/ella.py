@@ -26,7 +26,8 @@ import torch
 
 from torch import nn
 
-from jumplora.adapters import AdapterSet, TaskUpdate, _compat
+from jumplora.adapters import AdapterSet, TaskUpdate
+from jumplora import layout
 from jumplora.adapters.layer import Kernels, adapter_gradients
 from jumplora.errors import JumploraError
 from jumplora.gate import interpolated_update
@@ -109,7 +110,7 @@ class EllaPenalty:
         """W_past ← W_past + the task's merged update, kept on the weight's device in fp32."""
         self._stacks.clear()
         for name, delta in update.linear_deltas(model).items():
-            device = _compat.unwrap(model.get_submodule(name)).weight.device
+            device = layout.unwrap(model.get_submodule(name)).weight.device
             delta = delta.to(device=device, dtype=torch.float32)
             self.past[name] = self.past[name] + delta if name in self.past else delta.clone()
 

@@ -1,10 +1,9 @@
-"""Everything that knows how transformers lays out its models, and its private API, in one place.
+"""How transformers lays out its models: which modules are the attention projections, which are linear maps.
 
-Which modules are the attention query/value projections of each family, which module classes are
-linear maps (GPT-2's ``Conv1D`` stores its weight transposed), how a module name tells its
-transformer block, which model types are encoders, how a GGUF-loaded model is unmarked, which
-forward arguments keep logits at given positions and carry the KV cache, the torch.compile
-backends and errors. When transformers or torch rename things, this is the file to change.
+Which modules are the attention query/value projections of each family (the paper's targets), which
+module classes are linear maps (GPT-2's ``Conv1D`` stores its weight transposed), how a module name
+tells its transformer block, which model types are encoders. Plain tables and functions of public
+classes; the private APIs jumplora depends on are in :mod:`jumplora._compat`.
 """
 
 from __future__ import annotations
@@ -96,67 +95,3 @@ def block_index(module_name: str) -> int | None:
     """The index of that block (0 = nearest the input), or None for a module in no block."""
     match = _BLOCK.match(module_name)
     return int(match.group(2)) if match else None
-
-
-def forget_gguf_quantization(model: nn.Module) -> None:
-    """Unmark a model that transformers dequantised from a GGUF file as quantised.
-
-    Its weights are ordinary floating-point tensors once loaded, but transformers keeps the GGUF
-    quantizer on the model and in its config, and then refuses ``save_pretrained``. Without the
-    marking the merged model saves as plain safetensors that any transformers reads.
-    """
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model, "quantization_method"):
-        model.quantization_method = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-
-def takes_logit_positions(model: nn.Module) -> bool:
-    """Whether ``model`` (a causal LM, possibly wrapped by DDP or torch.compile) computes logits
-    only at given positions: ``logits_to_keep`` as a (batch, positions) tensor, which transformers
-    reads through ``modeling_utils.slice_logits_to_keep`` (5.x)."""
-    import inspect
-
-    from transformers import modeling_utils
-
-    inner = getattr(model, "_orig_mod", model)  # torch.compile
-    inner = getattr(inner, "module", inner)  # DistributedDataParallel
-    return (hasattr(modeling_utils, "slice_logits_to_keep")
-            and "logits_to_keep" in inspect.signature(inner.forward).parameters)
-
-
-def cache_keyword(model: nn.Module) -> str:
-    """The name of the KV-cache argument of the model's forward (``past_key_values`` before
-    transformers renamed it ``cache``)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def output_cache(output):
-    """The KV cache an output carries, under either name."""
-    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
-
-
-def compile_backends() -> list[str]:
-    """The torch.compile backends, the debugging ones (aot_eager, eager) included."""
-    import torch
-
-    return torch.compiler.list_backends(exclude_tags=())
-
-
-def has_causal_lm_class(model_type: str) -> bool:
-    """Whether transformers has a causal-LM class for ``model_type`` (its auto-model table, which
-    lives in a private module)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-
-def dynamo_error_types() -> tuple[type, ...]:
-    """The exception types torch.compile raises for a model it cannot compile."""
-    from torch._dynamo.exc import TorchDynamoException  # no public alias exists
-
-    return (TorchDynamoException,)
