@@ -13,6 +13,8 @@ text, ``Answer:``, then the label and the end token. Only the label tokens are t
 Rows, each on a fresh copy of the loaded model (seed 0):
 
 ``loss`` names the loss of a row, ``loss_value`` is its value on the batch before the first step.
+The last two rows run the label-only step under bf16 autocast (``--precision bf16``);
+``speedup_vs_fp32`` is the same row in fp32 over it.
 
 * ``peft lora``: PEFT's LoRA (r 8, α 32, no dropout) and the model's own loss, which computes the
   logits of every position (batch × tokens × 49,152). The baseline of ``ratio_vs_lora``.
@@ -101,9 +103,10 @@ def build(base: nn.Module, adapter: str, gamma: float | None):
     return model, params
 
 
-def train_step(model, optimizer, loss_fn) -> float:
+def train_step(model, optimizer, loss_fn, autocast: str | None = None) -> float:
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model)
+    with torch.autocast(autocast or "cpu", dtype=torch.bfloat16, enabled=autocast is not None):
+        loss = loss_fn(model)
     loss.backward()
     optimizer.step()
     return loss.detach()
@@ -112,7 +115,11 @@ def train_step(model, optimizer, loss_fn) -> float:
 CONFIGURATIONS = [("peft lora", "peft", None, "full-logit")] + [
     (f"ours {'lora' if adapter == 'lora' else f'jumplora γ={gamma:g}'}, {loss}", adapter, gamma, loss)
     for adapter, gamma in (("lora", None), ("jumplora", 0.0), ("jumplora", 0.5), ("jumplora", 1.0))
-    for loss in ("full-logit", "label-only")]
+    for loss in ("full-logit", "label-only")] + [
+    # --precision bf16: the same steps under bf16 autocast (the adapters and optimiser stay fp32);
+    # on a CPU with bf16 instructions (AVX-512 BF16, AMX) its matmuls run in bf16.
+    (f"ours {'lora' if adapter == 'lora' else f'jumplora γ={gamma:g}'}, label-only, bf16 autocast", adapter, gamma,
+     "label-only") for adapter, gamma in (("lora", None), ("jumplora", 0.5))]
 
 
 def row_peak_mib(name: str, argv: list[str]) -> float | None:
@@ -147,7 +154,8 @@ def main() -> None:
     if args.row is not None:  # the memory run of one row (row_peak_mib)
         (_, adapter, gamma, loss), = [c for c in CONFIGURATIONS if c[0] == args.row]
         model, params = build(base, adapter, gamma)
-        step = partial(train_step, model, torch.optim.AdamW(params, lr=1e-3), losses[loss])
+        step = partial(train_step, model, torch.optim.AdamW(params, lr=1e-3), losses[loss],
+                       device.type if "bf16" in args.row else None)
         for _ in range(warmup):
             step()
         common.free_memory(device)
@@ -168,11 +176,11 @@ def main() -> None:
         model, params = build(base, adapter, gamma)
         with torch.no_grad():  # before any step: the label-only loss must be the full-logit one
             value = losses[loss](model)
-            if loss == "label-only":
+            if loss == "label-only" and "bf16" not in name:
                 want = losses["full-logit"](model)
                 torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-6, msg=f"{name}: label-only loss differs")
         optimizer = torch.optim.AdamW(params, lr=1e-3)
-        step = partial(train_step, model, optimizer, losses[loss])
+        step = partial(train_step, model, optimizer, losses[loss], device.type if "bf16" in name else None)
         with common.peak_memory(device) as peak:
             times = common.time_ms(step, device, iters, warmup)
         if args.profile and args.profile in name:
@@ -189,8 +197,10 @@ def main() -> None:
         if row["name"].endswith("label-only"):
             full_row = by_name[row["name"].replace("label-only", "full-logit")]
             row["speedup_vs_full_logit"] = round(full_row["ms"] / row["ms"], 3)
+        if row["name"].endswith("bf16 autocast"):  # against the same row in fp32
+            row["speedup_vs_fp32"] = round(by_name[row["name"].replace(", bf16 autocast", "")]["ms"] / row["ms"], 3)
     columns = ["name", "gamma", "loss", "loss_value", "ms", "ms_min", "ratio_vs_lora", "speedup_vs_full_logit",
-               "peak_mib"]
+               "speedup_vs_fp32", "peak_mib"]
     common.report(rows, columns, args.json)
 
 

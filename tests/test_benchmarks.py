@@ -49,10 +49,14 @@ def test_script_writes_its_rows(script, ratio, baseline, extra, tmp_path):
 def test_causal_step_checks_the_label_only_loss_and_writes_every_row(tmp_path):
     rows = run_script("causal_step", tmp_path)
     assert [row["name"] for row in rows][:3] == ["peft lora", "ours lora, full-logit", "ours lora, label-only"]
-    assert len(rows) == 9 and rows[0]["ratio_vs_lora"] == 1.0
-    for full, label_only in zip(rows[1::2], rows[2::2]):
+    assert len(rows) == 11 and rows[0]["ratio_vs_lora"] == 1.0
+    for full, label_only in zip(rows[1:9:2], rows[2:9:2]):
         assert (full["gamma"], full["loss_value"]) == (label_only["gamma"], label_only["loss_value"])  # the same loss
         assert label_only["speedup_vs_full_logit"] > 0 and label_only["peak_mib"] is not None
+    bf16 = rows[9:]
+    assert [row["name"] for row in bf16] == ["ours lora, label-only, bf16 autocast",
+                                             "ours jumplora γ=0.5, label-only, bf16 autocast"]
+    assert all(row["speedup_vs_fp32"] > 0 and row["peak_mib"] is not None for row in bf16)
 
 
 def test_eval_runs_on_the_real_smollm2(tmp_path):

@@ -199,3 +199,30 @@ def test_olora_state_restores_the_past_tasks_in_order():
     fresh = make_strategy(parse_method("olora"), model, config, num_tasks=13)
     fresh.restore(saved.state(), set())
     assert [float(a[0, 0]) for a in fresh.regulariser.past_A["model.layers.0.self_attn.q_proj"]] == [float(i) for i in range(12)]
+
+
+@pytest.mark.parametrize("method", ["ella", "jumplora+ella"])
+def test_lambda_auto_balances_the_penalty_against_the_task_loss(method, tmp_path):
+    """--ella-lambda auto on a toy stream: λ of each task after the first is Σ loss / Σ penalty over
+    its first steps with a penalty, recorded; over those steps λ·penalty is within 2× of the task loss,
+    and afterwards it is smaller (training pulls the penalty down) but not gone."""
+    import json
+
+    from _models import save, tiny_llama
+    from _streams import write_tasks
+    from jumplora.cli import main
+
+    model, tokenizer = tiny_llama()
+    save(model, tokenizer, tmp_path / "model")
+    write_tasks(tmp_path, ("first", "second", "third"), repeats=10)
+    assert main(["run", "--model", str(tmp_path / "model"), "--task-file", str(tmp_path / "tasks.json"), "--method",
+                 method, "--output", str(tmp_path / "out"), "--batch-size", "2", "--learning-rate", "1e-2",
+                 "--ella-lambda", "auto"]) == 0
+    results = json.loads((tmp_path / "out" / method / "seed0" / "results.json").read_text())
+    balance = results["lambda_balance"]
+    assert list(balance) == ["second", "third"]  # the first task has no past: nothing to balance
+    for task, entry in balance.items():
+        assert entry["steps"] == 5 and entry["lambda"] > 0
+        assert 0.5 <= entry["ratio_at_choice"] <= 2.0, (task, entry)
+        assert 0 < entry["ratio_after"] < entry["ratio_at_choice"], (task, entry)
+    assert results["chosen_lambda"][0] == 0.0 and results["chosen_lambda"][1:] == [e["lambda"] for e in balance.values()]

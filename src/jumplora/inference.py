@@ -26,13 +26,13 @@ TEXT_COLUMNS = ("sentence", "text")  # an input file's text, when --text-column 
 def task_to_ask(manifest: ModelManifest, name: str | None, instruction: str | None, labels: list[str] | None) -> Task:
     """A learned task by name, or (zero-shot) a new one from an instruction and its labels."""
     if labels:
-        return Task(name or "new task", instruction or "", tuple(labels))
+        return Task(name or "new task", instruction or "", tuple(labels), prompt_format=manifest.prompt_format)
     if instruction is not None:
         raise JumploraError("--instruction needs --labels (the options of the new task), comma-separated")
     if name is None:
         known = ", ".join(t.name for t in manifest.tasks)
         raise JumploraError(f"pass --task NAME (the model learned: {known}), or --instruction and --labels")
-    return manifest.task(name).as_task()
+    return manifest.task(name).as_task(manifest.prompt_format)
 
 
 def read_inputs(path: Path, text_column: str | None) -> list[str]:
@@ -93,6 +93,7 @@ def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, ba
     settings = dict(stream if stream is not None else manifest.run.get("stream") or {})
     if max_test is not None:
         settings["max_test_per_task"] = max_test
+    settings["prompt_format"] = manifest.prompt_format  # asked as it learned
     tasks = resolve_stream(StreamConfig(**settings))
     wanted = only or ([t.name for t in manifest.tasks] if stream is None else [t.name for t in tasks])
     by_name = {task.name: task for task in tasks}

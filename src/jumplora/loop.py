@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 
 from jumplora.checkpoint import save_checkpoint
 from jumplora.context import RunContext
+from jumplora.data.tasks import PROMPT_FORMATS
 from jumplora.errors import JumploraError
 from jumplora.evaluation import evaluate_seen, make_ranker
 from jumplora.families.loading import load_for_run
@@ -153,6 +154,10 @@ class StreamRun:
             self.record.chosen_lambda = ctx.strategy.regulariser.lambdas[: t + 1]
         else:
             trained = train_task(ctx, t, plan, name, self.steps_done)
+        balance = getattr(ctx.strategy.regulariser, "balance", {})
+        if t in balance:  # ELLA's λ auto chose this task's λ
+            self.record.chosen_lambda = [lam or 0.0 for lam in ctx.strategy.regulariser.lambdas[: t + 1]]
+            self.record.lambda_balance = {**(self.record.lambda_balance or {}), label: balance[t]}
         self.steps_done += trained.steps
         if t == len(self.tasks) - 1:
             ctx.strategy.finish()
@@ -216,6 +221,7 @@ class StreamRun:
             max_source_length=settings["max_source_length"],
             encoder_temperature=config.family_options.encoder_temperature, tasks=tasks, ledger=ledger,
             exact=self.spec.adapter is not None and self.spec.adapter_per_task, family_settings=settings,
+            prompt=PROMPT_FORMATS[config.data.prompt_format][0], prompt_format=config.data.prompt_format,
             run={"method": self.job.method, "seed": self.job.seed, "eval_batch_size": config.eval_batch_size,
                  "stream": {k: v for k, v in config.to_dict().items() if k in STREAM_KEYS}})
 

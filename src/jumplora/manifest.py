@@ -7,7 +7,7 @@ still loads) and holds::
     base_model               the model the run started from (a bundled name, a path, a hub id)
     family, scoring          seq2seq | causal | encoder; generate | rank | option-embedding
     family_settings          the family's run settings by flat key (max_source_length, causal_mode, ...)
-    prompt                   the template every task's input is put in (data.tasks.build_prompt)
+    prompt, prompt_format    the template every task's input is put in and its name (data.tasks.build_prompt)
     max_source_length, encoder_temperature   the same settings, as version 1 recorded them
     tasks                    every learned task, in order: name, instruction, labels, the accuracy
                              when it was learned and after the last task, the SHA-256 of its test data
@@ -28,13 +28,14 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from jumplora.data.tasks import PROMPT_TEMPLATE, Task
+from jumplora.data.tasks import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS, PROMPT_TEMPLATE, Task
 from jumplora.errors import JumploraError
 from jumplora.files import json_sha256, write_json
 
 MANIFEST_FILE = "jumplora-model.json"
 # The settings that say where a run's tasks came from: `jumplora evaluate` reads the data again.
-STREAM_KEYS = ("benchmark", "order", "tasks", "data_dir", "task_file", "add_tasks", "max_test_per_task")
+STREAM_KEYS = ("benchmark", "order", "tasks", "data_dir", "task_file", "add_tasks", "max_test_per_task",
+               "prompt_format")
 FORMAT, VERSION = "jumplora-model", 2
 
 
@@ -47,8 +48,8 @@ class LearnedTask:
     accuracy_last: float | None = None  # a[T-1, t], after the last task
     test_sha256: str | None = None  # the SHA-256 of its test data (Task.fingerprints), checked by evaluate
 
-    def as_task(self) -> Task:
-        return Task(self.name, self.instruction, tuple(self.labels))
+    def as_task(self, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Task:
+        return Task(self.name, self.instruction, tuple(self.labels), prompt_format=prompt_format)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ModelManifest:
     max_source_length: int
     encoder_temperature: float = 0.05
     prompt: str = PROMPT_TEMPLATE
+    prompt_format: str = DEFAULT_PROMPT_FORMAT
     tasks: list[LearnedTask] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
     exact: bool = True
@@ -141,7 +143,7 @@ def _problem(values: dict) -> str | None:
         "base_model": lambda v: isinstance(v, str), "family": lambda v: v in ("seq2seq", "causal", "encoder"),
         "scoring": lambda v: v in ("generate", "rank", "option-embedding"),
         "max_source_length": lambda v: number(v, True) and v > 0, "encoder_temperature": lambda v: number(v) and v > 0,
-        "prompt": lambda v: isinstance(v, str), "exact": lambda v: isinstance(v, bool), "run": lambda v: isinstance(v, dict),
+        "prompt": lambda v: isinstance(v, str), "prompt_format": lambda v: v in PROMPT_FORMATS, "exact": lambda v: isinstance(v, bool), "run": lambda v: isinstance(v, dict),
         "family_settings": lambda v: v is None or isinstance(v, dict),
         "weights": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
         "tasks": lambda v: isinstance(v, list), "ledger": lambda v: isinstance(v, list),

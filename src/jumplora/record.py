@@ -17,7 +17,8 @@ which checks each field it relies on and names the first that is wrong. The fiel
     losses, timing, dropped             per task: the loss per step; seconds and steps; records dropped
     config                              the flat settings of the latest part of the run
     finished_tasks, collapsed           tasks done; tasks whose gate kept nothing or everything
-    chosen_lambda, lambda_search        ELLA's λ search (App. A.2), when run
+    chosen_lambda, lambda_search        ELLA's λ per task and its search (App. A.2), when run
+    lambda_balance                      ELLA's λ auto per task: {lambda, steps, ratio} (EllaPenalty.balance)
     resumes                             [{after_task, changed: {key: {was, now}}}] per resume
     config_key                          a single-task baseline's settings (its cache key)
     data_sha256                         per task and split, the SHA-256 of its data (Task.fingerprints)
@@ -38,7 +39,7 @@ from jumplora.errors import JumploraError
 from jumplora.files import json_sha256, write_json
 
 OPTIONAL = ("rank_accuracy_matrix", "rank_metrics", "chosen_lambda", "lambda_search", "resumes", "config_key",
-            "data_sha256")
+            "data_sha256", "lambda_balance")
 
 
 def _empty_matrix(tasks: list[str]) -> list[list]:
@@ -74,6 +75,7 @@ class RunRecord:
     resumes: list[dict] | None = None
     config_key: dict | None = None
     data_sha256: dict[str, dict[str, str]] | None = None
+    lambda_balance: dict[str, dict] | None = None
 
     def __post_init__(self) -> None:
         if not self.answer_origins:
@@ -218,6 +220,7 @@ SHAPES = {
     ("answer_origins",): ("list", ("list", ("optional", ("map", NUMBER)))),
     ("gate",): ("map", ("map", ("map", ("map", NUMBER)))),
     ("data_sha256",): ("map", ("map", TEXT)),
+    ("lambda_balance",): ("map", ("map", OPTIONAL_NUMBER)),
 }
 
 

@@ -165,6 +165,7 @@ class _Stepper:
                 f"the loss became {total_value} at step {step} of task {self.label}: lower the learning rate "
                 "or use --precision fp32"
             )
+        strategy.observe(loss_value, total_value)
         with _compile_errors(backend):  # the backward graph is compiled at its first use
             accelerator.backward(total)
         self.optimizer.step()

@@ -12,6 +12,16 @@ from jumplora.settings import check, setting
 
 ADAPTER_KINDS = ("lora", "jumplora")
 THRESHOLD_MODES = ("global", "per_block")
+# A run's setting may also say "paper": the threshold of the paper's Table 1 for each method and
+# benchmark (paper_threshold_mode), resolved by the run before the adapters are made.
+PAPER_THRESHOLDS = {("sc", "jumplora+inclora"): "per_block", ("sc", "jumplora+ella"): "global",
+                    ("ls", "jumplora+inclora"): "global", ("ls", "jumplora+ella"): "per_block"}
+
+
+def paper_threshold_mode(method: str, benchmark: str | None) -> str:
+    """Table 1's threshold of a JumpLoRA method on a benchmark (Table 3: local = per_block); global
+    for any other stream."""
+    return PAPER_THRESHOLDS.get((benchmark or "", method), "global")
 
 
 @dataclass
@@ -38,8 +48,10 @@ class AdapterConfig:
     reduction: str = setting("mean", "how the threshold gradient is reduced over a matrix: mean (the authors) "
                              "or sum (JumpReLU SAE libraries)", choices=REDUCTIONS, key="threshold_reduction",
                              label="reduction")
-    threshold_mode: str = setting("global", "global: one τ for the model; per_block: one τ per transformer block",
-                                  choices=THRESHOLD_MODES, label="threshold mode")
+    threshold_mode: str = setting("global", "global: one τ for the model; per_block: one τ per transformer block; "
+                                  "paper: what Table 1 used for the method and benchmark (SC: per_block for "
+                                  "jumplora+inclora, global for jumplora+ella; LS: the other way round; else global)",
+                                  choices=(*THRESHOLD_MODES, "paper"), label="threshold mode")
     initial_log_threshold: float = setting(-4.7, "log τ before S_start (then reset from |ΔW|)", hidden=True)
     start_fraction: float = setting(0.2, "S_start = ⌊start_fraction · N⌋ of a task's N optimiser steps: the "
                                     "gate comes in (τ initialised)")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from jumplora import layout
-from jumplora.adapters.config import AdapterConfig, JumpSchedule
+from jumplora.adapters.config import THRESHOLD_MODES, AdapterConfig, JumpSchedule
 from jumplora.adapters.layer import AdaptedLinear, Gamma, Kernels, ThresholdGroup
 from jumplora.adapters.update import TaskUpdate
 from jumplora.errors import JumploraError
@@ -28,6 +28,9 @@ class AdapterSet:
     def __init__(self, model: nn.Module, config: AdapterConfig | None = None, kernels: Kernels | None = None) -> None:
         self.model = model
         self.config = config or AdapterConfig()
+        if self.config.threshold_mode not in THRESHOLD_MODES:
+            raise JumploraError(f"threshold mode {self.config.threshold_mode!r} is chosen per method by a run: give the "
+                                f"adapters one of {', '.join(THRESHOLD_MODES)}")
         self.gamma = Gamma()  # one γ for every layer, set at each step
         self.kernels = kernels or Kernels()  # how the layers' (and ELLA's) elementwise work runs
         self.schedule: JumpSchedule | None = None

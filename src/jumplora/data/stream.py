@@ -9,7 +9,7 @@ from typing import ClassVar
 from jumplora.data.benchmark import BENCHMARK_ORDERS, DEFAULT_ORDER, load_benchmark
 from jumplora.data.user_tasks import TASK_LIST_SUFFIXES, read_task_list
 from jumplora.data.demo import demo_stream
-from jumplora.data.tasks import Task, subsample
+from jumplora.data.tasks import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS, Task, subsample
 from jumplora.errors import JumploraError
 from jumplora.settings import check, setting
 
@@ -41,6 +41,10 @@ class StreamConfig:
                                              minimum=1, shown="all")
     max_test_per_task: int | None = setting(None, "keep at most this many test (and dev) examples per task",
                                             minimum=1, shown="all")
+    prompt_format: str = setting(DEFAULT_PROMPT_FORMAT, "how an input is written: olora (instruction; "
+                                 "'Option: a, b'; text; 'Answer:', the O-LoRA/ELLA convention) or authors (the JumpLoRA "
+                                 "authors' code: 'Task Instruction:', 'Options: a | b', 'Text:', 'Answer:')",
+                                 choices=tuple(PROMPT_FORMATS))
 
     def __post_init__(self) -> None:
         check(self)
@@ -78,6 +82,7 @@ def resolve_stream(config: StreamConfig) -> list[Task]:
     if len(set(names)) != len(names):
         raise JumploraError(f"duplicate task names in the stream {names}: name each task once")
     for task in tasks:
+        task.prompt_format = config.prompt_format
         task.train = subsample(task.train, config.max_train_per_task, seed=0)
         task.test = subsample(task.test, config.max_test_per_task, seed=0)
         task.dev = subsample(task.dev, config.max_test_per_task, seed=0)

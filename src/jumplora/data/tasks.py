@@ -21,8 +21,17 @@ MAX_NAME = 100
 # The options are spelled out in every prompt: past a few hundred a prompt is mostly options (and
 # 10,000 labels exhausted 22 GB of memory in one try). Labels are single lines of text.
 MAX_LABELS = 500
-# The O-LoRA / ELLA / JumpLoRA prompt (build_prompt); a model's manifest records it.
-PROMPT_TEMPLATE = "{instruction}\nOption: {options}\n{sentence}\nAnswer:"
+# The prompt formats (build_prompt): (template, how the options are joined). A model's manifest
+# records the format and its template.
+#   olora    O-LoRA's and ELLA's: the instruction, "Option: a, b, c", the text, "Answer:"
+#   authors  the JumpLoRA authors' code (utils.py make_base_prompt): "Task Instruction: ...",
+#            "Options: a | b | c", "Text: ...", "Answer:" (label sets with commas read unambiguously)
+PROMPT_FORMATS = {
+    "olora": ("{instruction}\nOption: {options}\n{sentence}\nAnswer:", ", "),
+    "authors": ("Task Instruction: {instruction}\nOptions: {options}\nText: {sentence}\nAnswer:", " | "),
+}
+DEFAULT_PROMPT_FORMAT = "olora"
+PROMPT_TEMPLATE = PROMPT_FORMATS[DEFAULT_PROMPT_FORMAT][0]
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class Task:
     test: list[Example] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     source: str = field(default="", compare=False)  # where the examples were read (for messages)
+    prompt_format: str = DEFAULT_PROMPT_FORMAT  # how an input is written (PROMPT_FORMATS)
 
     def __post_init__(self) -> None:
         self.labels = tuple(self.labels)
@@ -110,7 +120,7 @@ class Task:
 
     def prompt(self, sentence: str) -> str:
         """The model input for ``sentence`` in this task (see :func:`build_prompt`)."""
-        return build_prompt(self.instruction, self.labels, sentence)
+        return build_prompt(self.instruction, self.labels, sentence, self.prompt_format)
 
 
 def check_task_name(name: str) -> None:
@@ -137,21 +147,30 @@ def _shown(labels: Sequence[str], most: int = 12) -> str:
     return f"[{shown}{f', ... ({len(labels)} in all)' if len(labels) > most else ''}]"
 
 
-def build_prompt(instruction: str, labels: Sequence[str], sentence: str) -> str:
-    """The O-LoRA / ELLA / JumpLoRA prompt.
-
-    Four lines: the task instruction, the options, the input sentence, an answer cue::
+def build_prompt(instruction: str, labels: Sequence[str], sentence: str, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> str:
+    """The prompt of one input: four lines, the task instruction, the options, the input text and an
+    answer cue. ``olora`` (the O-LoRA / ELLA convention, the default)::
 
         {instruction}
         Option: {label_1}, {label_2}, ..., {label_K}
         {sentence}
         Answer:
 
+    ``authors`` (the JumpLoRA authors' code)::
+
+        Task Instruction: {instruction}
+        Options: {label_1} | {label_2} | ... | {label_K}
+        Text: {sentence}
+        Answer:
+
     The target the model must produce is the label string itself. When the instruction is empty
     (COPA, whose options ``A``/``B`` are spelled out inside the sentence) its line is left out.
     """
-    text = PROMPT_TEMPLATE.format(instruction=instruction, options=", ".join(labels), sentence=sentence)
-    return text if instruction else text[1:]  # no instruction: no empty first line
+    if prompt_format not in PROMPT_FORMATS:
+        raise JumploraError(f"unknown prompt format {prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
+    template, joiner = PROMPT_FORMATS[prompt_format]
+    text = template.format(instruction=instruction, options=joiner.join(labels), sentence=sentence)
+    return text if instruction else text.split("\n", 1)[1]  # no instruction: no instruction line
 
 
 def normalize_answer(text: str) -> str:

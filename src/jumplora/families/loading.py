@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import struct
@@ -76,10 +77,7 @@ def open_model(source: ModelSource, family: str | None, trust_remote_code: bool,
     if family is not None and family not in FAMILIES:
         raise JumploraError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
     config = load_config(source, trust_remote_code)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.kwargs())
-    except (OSError, ValueError, struct.error, EOFError) as error:
-        raise JumploraError(load_error(source, error)) from None
+    tokenizer = load_tokenizer(source, trust_remote_code)
     kind = FAMILIES[family or detect_family(config)]
     handler = kind(tokenizer, **({**kind.keywords(settings), **(options or {})} if settings else dict(options or {})))
     _refuse_pickle_only(source)
@@ -88,10 +86,34 @@ def open_model(source: ModelSource, family: str | None, trust_remote_code: bool,
 
 def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     """The transformers config of ``source``; one that cannot be read is a JumploraError."""
+    return _read(AutoConfig, source, trust_remote_code)
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``source``; one that cannot be read is a JumploraError."""
+    return _read(AutoTokenizer, source, trust_remote_code)
+
+
+# A GGUF file's config and tokenizer are rebuilt from the whole file each time (seconds for
+# SmolLM2's), and a run reads them twice (the check before it, the load): read once per process,
+# keyed by the file's path, size and modification time; each caller gets its own copy.
+_GGUF_READ: dict[tuple, Any] = {}
+
+
+def _read(auto_class, source: ModelSource, trust_remote_code: bool) -> Any:
+    key = None
+    if source.gguf_file:
+        stat = (Path(source.path) / source.gguf_file).stat()
+        key = (auto_class.__name__, source.path, source.gguf_file, stat.st_size, stat.st_mtime_ns)
+        if key in _GGUF_READ:
+            return copy.deepcopy(_GGUF_READ[key])
     try:
-        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.kwargs())
+        value = auto_class.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.kwargs())
     except (OSError, ValueError, KeyError, struct.error, EOFError) as error:
         raise JumploraError(load_error(source, error)) from None
+    if key is not None:
+        _GGUF_READ[key] = copy.deepcopy(value)
+    return value
 
 
 def load_error(source: ModelSource, error: Exception) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jumplora.adapters.config import paper_threshold_mode
 from jumplora.config import defaults
 from jumplora.data.benchmark import BENCHMARK_ORDERS, DEFAULT_ORDER, benchmark_of_order
 from jumplora.errors import JumploraError
@@ -100,6 +101,9 @@ def _method_label(method: str, config: dict) -> str:
     """The method and the JumpLoRA settings it ran with when they are not the defaults (Table 3)."""
     if not method.startswith("jumplora"):
         return method
+    config = dict(config)
+    if config.get("threshold_mode") == "paper":  # the paper's choice for the method and benchmark
+        config["threshold_mode"] = paper_threshold_mode(method, config.get("benchmark"))
     variant = [str(config[k]) for k, default in VARIANT_DEFAULTS.items() if config.get(k, default) != default]
     return f"{method} ({', '.join(variant)})" if variant else method
 

@@ -16,8 +16,10 @@ class MethodWeights:
 
     TITLE: ClassVar[str] = "method weights"
 
-    ella_lambda: float | list[float] | None = setting(
-        None, "ELLA's λ: one value, or one per task comma-separated", minimum=0, separator=",", metavar="λ",
+    ella_lambda: float | list[float] | str | None = setting(
+        None, "ELLA's λ: one value, one per task comma-separated, or auto: per task after the first, λ = the task "
+        "loss / the unweighted penalty over the first steps that have one (the ELLA paper's balance, ratio ≈ 1)",
+        minimum=0, separator=",", metavar="λ|auto",
         shown="the paper's per-order values (3e4 for orders 1-3 and other streams)")
     ella_delta: str = setting("sparse", "jumplora+ella: the penalty sees ΔW_jump from S_start on (sparse, "
                               "Algorithm 1) or ΔW_interp (interpolated, the Table 3 ablation)", choices=ELLA_DELTA_MODES)
@@ -31,5 +33,9 @@ class MethodWeights:
 
     def __post_init__(self) -> None:
         check(self)
+        if isinstance(self.ella_lambda, str) and self.ella_lambda != "auto":
+            raise JumploraError(f"ella_lambda must be a number, one per task, or auto; got {self.ella_lambda[:40]!r}")
         if self.ella_lambda_search and not self.ella_lambda_grid:
             raise JumploraError("ella_lambda_grid must list at least one value >= 0")
+        if self.ella_lambda_search and self.ella_lambda == "auto":
+            raise JumploraError("--ella-lambda auto and --ella-lambda-search choose λ two ways: keep one")

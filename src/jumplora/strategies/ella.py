@@ -45,28 +45,72 @@ CPU_STACK_ENTRIES = 2**19
 DEVICE_STACK_ENTRIES = 2**25
 
 
+# λ auto: the unweighted penalty and the task loss are compared over this many steps (the first
+# ones of a task whose penalty is not zero: at its first step B = 0, so ΔW and the penalty are 0).
+BALANCE_STEPS = 5
+
+
 class EllaPenalty:
     """Holds W_past per layer, in the (d_out, d_in) layout, in fp32 on the device of the layer's weight.
 
     W_past is also stacked by shape (see the module docstring); the stacks are built once after each
     change and ``past[name]`` then points into them, so it is held once. ``lambdas``: λ_t per task
     (the last one serves longer streams); ``ella(adapters, lam)`` computes the term for any λ.
+
+    A λ_t of None is chosen by the ELLA paper's balance rule (App. A.2: the cross-entropy and the
+    penalty of the same size): over the first :data:`BALANCE_STEPS` steps of task t whose penalty
+    P is not zero, nothing is added and λ_t = Σ loss / Σ P; from then on λ_t·P is. ``balance[t]``
+    records λ_t, the steps it was measured on, the mean of λ_t·P / loss over those steps
+    (``ratio_at_choice``, near 1 by the rule) and Σ λ_t·P / Σ loss over the rest of the task
+    (``ratio_after``: lower, as training then pulls P down).
     """
 
     PREFIX = "ella/"
 
-    def __init__(self, delta_mode: str = "sparse", lambdas: list[float] | None = None) -> None:
+    def __init__(self, delta_mode: str = "sparse", lambdas: list[float | None] | None = None) -> None:
         if delta_mode not in ELLA_DELTA_MODES:
             raise JumploraError(f"unknown ELLA delta mode {delta_mode!r}: use one of {', '.join(ELLA_DELTA_MODES)}")
         self.delta_mode = delta_mode
         self.lambdas = list(lambdas or [])
         self.past: dict[str, torch.Tensor] = {}
         self._stacks: dict[tuple[str, ...], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        self.balance: dict[int, dict] = {}
+        self._task, self._probe, self._measured, self._after = 0, None, [], []
 
-    def value(self, model: nn.Module, adapters: AdapterSet | None, task: int) -> torch.Tensor:
-        return self(adapters, self.lambdas[min(task, len(self.lambdas) - 1)])
+    def value(self, model: nn.Module, adapters: AdapterSet | None, task: int) -> torch.Tensor | None:
+        self._task = task
+        lam = self.lambdas[min(task, len(self.lambdas) - 1)]
+        if lam is not None or not self.past:
+            return self(adapters, lam or 0.0)
+        with torch.no_grad():  # λ not chosen yet: the penalty is measured, not added
+            self._probe = self(adapters, 1.0).detach()
+        return None
+
+    def observe(self, loss: float, term: float) -> None:
+        """After each step: the task loss and the term that was added (λ auto, see the class)."""
+        if self._probe is not None:
+            raw, self._probe = float(self._probe), None
+            if raw > 0:
+                self._measured.append((loss, raw))
+            if len(self._measured) == BALANCE_STEPS:
+                self._choose()
+        elif self._task in self.balance:
+            self._after.append((loss, term))
+
+    def _choose(self) -> None:
+        losses, penalties = zip(*self._measured)
+        lam = sum(losses) / sum(penalties)
+        self.lambdas[min(self._task, len(self.lambdas) - 1)] = lam
+        at_choice = sum(lam * p / loss for loss, p in self._measured) / len(self._measured)
+        self.balance[self._task] = {"lambda": lam, "steps": len(self._measured), "ratio_at_choice": at_choice}
 
     def remember(self, ending: TaskEnd) -> None:
+        if self._measured and ending.task not in self.balance:  # a task shorter than the measurement
+            self._choose()
+        if ending.task in self.balance and self._after:
+            added, loss = sum(t for _, t in self._after), sum(l for l, _ in self._after)
+            self.balance[ending.task]["ratio_after"] = added / loss if loss else None
+        self._probe, self._measured, self._after = None, [], []
         if ending.update is not None:
             self.add(ending.update, ending.model)
 

@@ -49,6 +49,9 @@ class EwcPenalty:
             self.fisher[n] = self.fisher.get(n, 0) + value / max(count, 1)
             self.anchor[n] = params[n].detach().clone()
 
+    def observe(self, loss: float, term: float) -> None:
+        pass
+
     def state(self) -> dict[str, torch.Tensor]:
         return {**{f"fisher/{n}": v for n, v in self.fisher.items()}, **{f"anchor/{n}": v for n, v in self.anchor.items()}}
 

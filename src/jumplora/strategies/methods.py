@@ -49,6 +49,11 @@ class Strategy:
             return None
         return self.regulariser.value(self.model, self.adapters, self.index)
 
+    def observe(self, loss: float, total: float) -> None:
+        """After each step: the task loss and the loss with the penalty (the regulariser sees both)."""
+        if self.regulariser is not None:
+            self.regulariser.observe(loss, total - loss)
+
     def end_task(self, fisher_losses: Iterable[torch.Tensor] = ()) -> TaskUpdate | None:
         self._remember(TaskEnd(self.index, self.model, fisher_losses=fisher_losses))
         return None
@@ -102,7 +107,7 @@ class AdapterStrategy(Strategy):
 
     def _new_adapters(self) -> None:
         self.model.requires_grad_(False)
-        self._adapters = AdapterSet(self.model, self.config.adapter_config(self.spec.adapter))
+        self._adapters = AdapterSet(self.model, self.config.adapter_config(self.spec.adapter, self.spec.name))
 
     def start_task(self, index: int, num_steps: int) -> list[nn.Parameter]:
         self.index = index
@@ -146,7 +151,7 @@ class AdapterStrategy(Strategy):
         # base (576 MB of T5-large's 3 GB). seqlora keeps its adapter across tasks: everything.
         if self._adapters is not None:
             return None
-        names = AdapterSet.target_names(self.model, self.config.adapter_config(self.spec.adapter))
+        names = AdapterSet.target_names(self.model, self.config.adapter_config(self.spec.adapter, self.spec.name))
         return {f"{name}.weight" for name in names}
 
     def restore(self, tensors: dict[str, torch.Tensor], model_keys: set[str]) -> None:

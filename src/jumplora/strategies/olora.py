@@ -47,6 +47,9 @@ class OLoraPenalty:
         for name, (lora_A, _) in ending.factors.items():
             self.past_A.setdefault(name, []).append(lora_A)
 
+    def observe(self, loss: float, term: float) -> None:
+        pass
+
     def state(self) -> dict[str, torch.Tensor]:
         return {f"{self.PREFIX}{i}/{name}": a for name, matrices in self.past_A.items() for i, a in enumerate(matrices)}
 

@@ -46,6 +46,10 @@ class Penalty(Protocol):
     def remember(self, ending: TaskEnd) -> None:
         """Keep what the next tasks are penalised against."""
 
+    def observe(self, loss: float, term: float) -> None:
+        """After each step: the task loss and the term this penalty added (0.0 for none); a penalty
+        that sets its own weight from them (ELLA's λ auto) uses it, the others ignore it."""
+
     def state(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint must keep (keys unique to the penalty: ``<name>/...``)."""
 

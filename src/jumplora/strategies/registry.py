@@ -51,6 +51,8 @@ def paper_ella_lambdas(order: int | None, num_tasks: int) -> list[float]:
 
 def ella(weights: MethodWeights, order: int | None, num_tasks: int) -> EllaPenalty:
     lambdas = weights.ella_lambda
+    if lambdas == "auto":
+        return EllaPenalty(weights.ella_delta, [None] * num_tasks)  # chosen per task (EllaPenalty.observe)
     if lambdas is None:
         lambdas = paper_ella_lambdas(order, num_tasks)
     elif not isinstance(lambdas, list):
