@@ -243,7 +243,7 @@ def test_task_file_single_json_is_cut_by_fractions(tmp_path):
          r"record 1 of .*a.jsonl has label 'c', not one of \['a', 'b'\]"),
         ("a.jsonl", '{"sentence": "s", "label": "a"}\n{oops\n', {}, r"a.jsonl is not valid JSON \(.* at line 2\)"),
         ("a.jsonl", "\n", {}, "a.jsonl has no records"),
-        ("a.txt", "s\ta\n", {}, "task files must end in .jsonl, .ndjson, .json, .csv, .tsv"),
+        ("a.txt", "s\ta\n", {}, "data files must end in .jsonl, .ndjson, .json, .csv, .tsv"),
         ("a.json", '{"sentence": "s", "label": "a"}', {}, "must hold a JSON array of records"),
         ("a.csv", "words,label\ns,a\n", {}, r"record 0 of .*a.csv has no 'sentence' field \(it has: words, label\)"),
         ("a.jsonl", '{"sentence": "s", "label": "a", "split": "train"}\n{"sentence": "t", "label": "a"}\n', {},
@@ -262,7 +262,7 @@ def test_task_file_errors(tmp_path, name, content, kwargs, match):
 
 
 def test_task_file_missing_and_non_utf8(tmp_path):
-    with pytest.raises(JumploraError, match="task file .*none.jsonl not found"):
+    with pytest.raises(JumploraError, match="data file .*none.jsonl not found"):
         load_task_file(tmp_path / "none.jsonl", "mine", "Which?")
     (tmp_path / "latin.csv").write_bytes(b"sentence,label\n\xa3 5,a\n")
     with pytest.raises(JumploraError, match="is not UTF-8 text .* re-save it as UTF-8"):

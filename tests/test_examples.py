@@ -22,7 +22,7 @@ def test_the_example_task_file_reads_a_csv_with_text_and_a_jsonl():
 
 @pytest.mark.slow
 def test_the_example_run_config_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)  # its task_file is relative to the repository root
+    monkeypatch.chdir(tmp_path)  # its task_file is relative to the file itself, wherever the run starts
     assert main(["run", "--config", str(EXAMPLES / "run.yaml"), "--output", str(tmp_path / "out")]) == 0
     for method in ("inclora", "jumplora+inclora"):
         assert read_run(tmp_path / "out" / method / "seed0")["finished_tasks"] == 2
@@ -48,3 +48,19 @@ def test_the_example_sweep_runs(tmp_path, monkeypatch, cl_benchmark_dir):
     for order in settings["order"]:
         assert read_run(tmp_path / "sweep" / f"order{order}" / "jumplora+inclora" / "seed0")["finished_tasks"] == 4
     assert (tmp_path / "sweep" / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_the_python_api_example_runs(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "teach.py"), str(tmp_path / "example")], capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "learned: topics, reviews" in lines
+    assert "v2 learned: topics, reviews, urgency | generation 2" in lines
+    assert "after rollback: topics, reviews" in lines
+    assert any(line.startswith("urgency says: ['") for line in lines)
+    assert (tmp_path / "example" / "v2" / "jumplora-model.json").is_file()

@@ -189,8 +189,9 @@ def test_relative_paths_are_stored_absolute_and_changed_data_is_refused(setup, t
     write_tasks(home / "tiny", ("first", "second"), repeats=4, rows=ROWS[:4], task_file="all.json")
     write_tasks(elsewhere / "tiny", ("first", "second"), repeats=4, rows=ROWS[2:6], task_file="all.json")
     monkeypatch.chdir(home)
+    # Without its test examples in the model folder, evaluate reads the run's data again.
     assert main(["run", "--model", str(setup / "model"), "--task-file", "tiny/all.json", "--method", METHOD,
-                 "--output", "out", "--batch-size", "4"]) == 0
+                 "--output", "out", "--batch-size", "4", "--no-keep-eval-data"]) == 0
     run = home / "out" / METHOD / "seed0"
     assert read_run(run)["config"]["task_file"] == str(home / "tiny" / "all.json")
     monkeypatch.chdir(elsewhere)  # a different tiny/all.json here: the run's own data is read

@@ -1,9 +1,10 @@
-"""The command line: ``jumplora run | list | sweep | report | predict | evaluate | rollback | apply``.
+"""The command line: ``jumplora run | list | sweep | report | predict | evaluate | teach | rollback | apply``.
 
 ``run`` trains a stream (or resumes or extends one), ``sweep`` runs orders × methods × seeds,
 ``report`` draws tables and figures from results, ``predict`` and ``evaluate`` use a trained model
-folder, ``rollback`` and ``apply`` take a task's update out of a model or put one in, ``list``
-names what is available. A :class:`JumploraError` (a problem the user can fix) is printed as one
+folder, ``teach`` teaches it more tasks, ``rollback`` and ``apply`` take a task's update out of a
+model or put one in, ``list`` names what is available. Exit codes: 0 done, 2 a problem the user can
+fix (one line), 3 ``teach --max-forgetting`` refused the new version, 130 interrupted. A :class:`JumploraError` (a problem the user can fix) is printed as one
 line and exits with code 2; anything else is a bug and keeps its traceback.
 """
 
@@ -65,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", default="report",
                         help="folder for report.md, report.html and the PNGs (default: %(default)s)")
     add_use_commands(sub)
-    rollback = sub.add_parser("rollback", help="write the final model of a run without one task's update")
-    rollback.add_argument("run_dir", metavar="RUN", help="OUTPUT/<method>/seed<k> of a finished run (or OUTPUT "
-                                                         "when it holds one method and seed)")
+    add_teach_command(sub)
+    rollback = sub.add_parser("rollback", help="write a model without one task's update (exact)")
+    rollback.add_argument("run_dir", metavar="MODEL|RUN", help="a model folder, or OUTPUT/<method>/seed<k> of a "
+                                                               "finished run (or OUTPUT when it holds one method and seed)")
     rollback.add_argument("--task", required=True, help="the task whose update to remove")
     rollback.add_argument("--output", required=True, help="new folder for the rolled-back model")
     apply = sub.add_parser("apply", help="add (or remove) a task update file on a model, keeping its ledger")
@@ -108,6 +110,26 @@ def add_use_commands(sub) -> None:
     evaluate.add_argument("--batch-size", type=int, help="prompts per forward (default: the run's eval batch size)")
     evaluate.add_argument("--output", type=Path, help="the JSON written (default: evaluation.json beside the model folder)")
     evaluate.add_argument("--force", action="store_true", help="evaluate although the run's data changed since it ran")
+
+
+def add_teach_command(sub) -> None:
+    teach = sub.add_parser(
+        "teach", help="teach a model folder more tasks, with its own method and settings, and check what it forgot",
+        description="Trains the new tasks on top of MODEL exactly as `run --resume RUN --add-task-file` would on the "
+                    "run that made it, evaluates every earlier task again on the test examples the model kept, prints "
+                    "each one's accuracy when learned, before and after, and writes the next version of the model "
+                    "(in place of MODEL unless --output). With --max-forgetting P, a drop of more than P points keeps "
+                    "MODEL as it is, writes the new version beside it as <dest>.candidate and exits with code 3.")
+    teach.add_argument("model", metavar="MODEL", help="a model folder written by `jumplora run` or `jumplora teach`")
+    teach.add_argument("--task-file", help="a task file of the new tasks (see README: task files)")
+    teach.add_argument("--add-tasks", type=lambda s: [t for t in s.split(",") if t], metavar="NAMES",
+                       help="new tasks by name from --data-dir, comma-separated")
+    teach.add_argument("--data-dir", help="the benchmark folder of --add-tasks")
+    teach.add_argument("--output", type=Path, help="where the new version goes (default: in place of MODEL)")
+    teach.add_argument("--max-forgetting", type=float, metavar="P",
+                       help="refuse the new version (exit 3, MODEL kept) when an earlier task drops by more than P "
+                            "points; without it each drop over 5 points is a warning")
+    teach.add_argument("--force", action="store_true", help="go on with a stopped teach although its data changed")
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             _predict(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "teach":
+            return _teach(args)
         else:
             from jumplora.surgery import apply_update, rollback
 
@@ -242,6 +266,8 @@ def _how_to_go_on(args) -> str:
         return f"; resume with `jumplora run --resume {args.resume or args.output or 'runs/latest'}`"
     if args.command == "sweep":
         return f"; run `jumplora sweep --config {args.config}` again: finished runs are skipped, stopped ones resumed"
+    if args.command == "teach":
+        return f"; give the same `jumplora teach {args.model} ...` command again: it goes on where it stopped"
     return ""
 
 
@@ -308,6 +334,24 @@ def _evaluate(args) -> None:
     except OSError as error:
         raise JumploraError(f"cannot write {output} ({error.strerror}): pass another --output") from None
     print(f"wrote {output}")
+
+
+def _teach(args) -> int:
+    from jumplora.teach import forgetting_table, teach
+
+    if args.task_file and args.add_tasks:
+        raise JumploraError("pass the new tasks as --task-file FILE or as --add-tasks NAMES (with --data-dir), not both")
+    if args.add_tasks and not args.data_dir:
+        raise JumploraError("--add-tasks names tasks of a benchmark folder: pass --data-dir DIR")
+    new = {"task_file": args.task_file} if args.task_file else {"tasks": args.add_tasks, "data_dir": args.data_dir}
+    outcome = teach(Path(args.model), new, args.output, args.max_forgetting, args.force)
+    print("\n".join(["", "earlier tasks, test accuracy (%):", *forgetting_table(outcome, args.max_forgetting)]))
+    if outcome.accepted:
+        print(f"taught {', '.join(outcome.new_tasks)}: the new version is in {outcome.model}")
+        return 0
+    print(f"jumplora: an earlier task dropped by more than {args.max_forgetting:g} points: {args.model} is unchanged; "
+          f"the new version is in {outcome.model} (a candidate)", file=sys.stderr)
+    return 3
 
 
 def _has_data_flags(overrides: dict) -> bool:

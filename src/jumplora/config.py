@@ -72,6 +72,8 @@ class RunConfig:
     eval_batch_size: int = setting(64, "prompts per forward in evaluation (halved when memory runs out)", minimum=1)
     single_task_baselines: bool = setting(False, "also train each task alone (cached), for FWT")
     save_model: bool = setting(True, "save the final merged model to OUTPUT/<method>/seed<k>/model")
+    keep_eval_data: bool = setting(True, "keep each task's test examples in the model folder, so that `jumplora teach` "
+                                   "can check earlier tasks again (never trained on)")
     keep_checkpoints: int = setting(2, "per-task checkpoints kept, the newest (resume needs 1)", minimum=1)
     device: str = setting("auto", "where to train (several GPUs: `accelerate launch`)", choices=("auto", "cpu", "cuda"))
     precision: str = setting("fp32", "fp32; bf16 or fp16 autocast (adapters stay fp32); bf16-base: frozen weights "
@@ -229,9 +231,32 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
                                 + did_you_mean(preset, list(PRESETS)))
         values.update(PRESETS[preset])
     if path is not None:
-        values.update(normalise_keys(load_yaml(Path(path))))
+        values.update(inputs_relative_to(normalise_keys(load_yaml(Path(path))), Path(path).parent))
     values.update({k: v for k, v in normalise_keys(overrides or {}).items() if v is not None})
     return RunConfig.from_dict(values)
+
+
+def inputs_relative_to(values: dict, folder: Path) -> dict:
+    """A settings file's input paths (task_file, data_dir, added task files, a model folder) are
+    relative to the file, as a task file's data paths are to the task file; the output folder, like
+    a flag, to the working directory."""
+    from jumplora.data.stream import is_task_list
+
+    def near(value):
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        return str(folder / value)
+
+    out = dict(values)
+    for key in ("task_file", "data_dir"):
+        out[key] = near(out.get(key)) if key in out else None
+    if isinstance(out.get("add_tasks"), list):
+        out["add_tasks"] = [near(entry) if isinstance(entry, str) and is_task_list(entry) else entry
+                            for entry in out["add_tasks"]]
+    model = out.get("model")
+    if isinstance(model, str) and (folder / model).exists() and not Path(model).is_absolute():
+        out["model"] = str(folder / model)
+    return {k: v for k, v in out.items() if k in values}
 
 
 def load_yaml(path: Path) -> dict:

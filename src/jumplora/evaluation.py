@@ -64,13 +64,18 @@ def evaluate_seen(ctx: RunContext, tasks: list[Task], t: int) -> EvaluationRow:
     labels = {task.name: task.labels for task in tasks[: t + 1]}
     accuracy, origins = [], []
     for task in tasks[: t + 1]:
+        if not task.test:  # a task taught earlier whose test examples were not kept: not measured
+            accuracy.append(float("nan"))
+            origins.append(None)
+            continue
         others = {name: values for name, values in labels.items() if name != task.name}
         value, counts = evaluate_answers(ctx.model, ctx.family, task, batch_size, others, accelerator=accelerator)
         accuracy.append(value)
         origins.append(counts)
     ranked = None
     if ctx.ranker is not None:
-        ranked = [evaluate(ctx.model, ctx.ranker, task, batch_size, accelerator=accelerator) for task in tasks[: t + 1]]
+        ranked = [evaluate(ctx.model, ctx.ranker, task, batch_size, accelerator=accelerator) if task.test
+                  else float("nan") for task in tasks[: t + 1]]
     return EvaluationRow(accuracy, origins, ranked)
 
 

@@ -18,7 +18,7 @@ from jumplora.data.stream import StreamConfig, resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.evaluation import evaluate
 from jumplora.manifest import ModelManifest
-from jumplora.model_folder import load_trained
+from jumplora.model_folder import ModelFolder, load_trained
 
 TEXT_COLUMNS = ("sentence", "text")  # an input file's text, when --text-column is not given
 
@@ -84,12 +84,22 @@ def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, ba
                    max_test: int | None = None, force: bool = False) -> dict:
     """Accuracy (percent) per task on its test split: ``{task: {"accuracy", "examples"}}``.
 
-    ``stream``: the data settings (StreamConfig keys); None reads the tasks again as the run that
-    wrote the model did (its manifest), and a task whose test data is not what the run measured
-    (its SHA-256) is refused unless ``force``. By default the tasks the model learned; ``only``
-    picks some.
+    ``stream``: the data settings (StreamConfig keys); None takes the test examples the model
+    folder kept, or (a folder without them) reads the tasks again as the run that wrote the model
+    did (its manifest), refusing a task whose test data is not what the run measured (its SHA-256)
+    unless ``force``. By default the tasks the model learned; ``only`` picks some.
     """
     model, _, family, manifest = load_trained(folder)
+    size = batch_size or manifest.run.get("eval_batch_size", 64)
+    kept = kept_tasks(ModelFolder(Path(folder)), manifest) if stream is None and max_test is None else None
+    if kept is not None:  # the test examples the model kept (its run's, as measured): no data needed
+        wanted = only or [t.name for t in kept]
+        by_name = {task.name: task for task in kept}
+        missing = [name for name in wanted if name not in by_name]
+        if missing:
+            raise JumploraError(f"the model learned no task {', '.join(missing)} (its tasks: {', '.join(by_name)})")
+        return {name: {"accuracy": evaluate(model, family, by_name[name], size), "examples": len(by_name[name].test)}
+                for name in wanted}
     settings = dict(stream if stream is not None else manifest.run.get("stream") or {})
     if max_test is not None:
         settings["max_test_per_task"] = max_test
@@ -107,6 +117,18 @@ def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, ba
             if task is not None and learned.test_sha256 and task.fingerprints()["test"] != learned.test_sha256:
                 raise JumploraError(f"the test data of task {task.name} (read from {task.source or '?'}) is not what the "
                                     "run measured: restore it, or add --force to evaluate on this data")
-    size = batch_size or manifest.run.get("eval_batch_size", 64)
     return {name: {"accuracy": evaluate(model, family, by_name[name], size), "examples": len(by_name[name].test)}
             for name in wanted}
+
+
+def kept_tasks(folder: ModelFolder, manifest: ModelManifest) -> list[Task] | None:
+    """The model's tasks with the test examples its folder kept, or None when it kept none of them."""
+    tasks = []
+    for index, learned in enumerate(manifest.tasks):
+        examples = folder.eval_examples(index, learned.name)
+        if not examples:
+            return None
+        task = learned.as_task(manifest.prompt_format)
+        task.test = examples
+        tasks.append(task)
+    return tasks or None

@@ -24,6 +24,7 @@ from jumplora.families.loading import load_for_run
 from jumplora.families.sources import resolve_model
 from jumplora.lambda_search import search_lambda, searchable
 from jumplora.manifest import STREAM_KEYS, LearnedTask, LedgerEntry, ModelManifest
+from jumplora.model_folder import Extras
 from jumplora.record import RunRecord
 from jumplora.resume import changed_settings, finished_record, restore
 from jumplora.run_folder import RunFolder
@@ -44,6 +45,9 @@ class StreamJob:
     single_task: list[float] | None = None  # a_{0,i} of the single-task baselines (FWT), when made
     config_key: dict | None = None  # a single-task baseline's settings: the key of its cache
     force: bool = False  # resume although the data of a learned task changed
+    base_label: str | None = None  # how the model it started from is named (teach: its first base, not the folder)
+    base_weights: dict | None = None  # state 0 of the adapted layers, when the loaded model is not the base (teach)
+    parent: dict | None = None  # the model version a teach started from: {generation, sha256, path}
 
     @property
     def name(self) -> str:
@@ -84,6 +88,8 @@ class StreamRun:
         accelerator.wait_for_everyone()
         set_seed(job.seed)
         model, tokenizer, family = load_for_run(config, accelerator.device)
+        # State 0 of the adapted layers, before anything is restored or trained (task states, exact rollback).
+        self.base_weights = job.base_weights if job.base_weights is not None else self._base_weights(model)
         strategy = make_strategy(self.spec, model, config, len(tasks))
         self.ctx = RunContext(config, accelerator, model, tokenizer, family, strategy,
                               make_ranker(config.family_options.also_rank, family), log)
@@ -91,7 +97,7 @@ class StreamRun:
             folder.ledger.folder.mkdir(parents=True, exist_ok=True)
         self.record = RunRecord(
             tasks=[t.name for t in tasks], method=job.method, seed=job.seed,
-            model=resolve_model(config.model).label, dropped={t.name: t.dropped for t in tasks},
+            model=self.base_label, dropped={t.name: t.dropped for t in tasks},
             config=config.to_dict(), config_key=job.config_key,
             data_sha256={task.name: task.fingerprints() for task in tasks})
         self.masks: list[dict[str, torch.Tensor]] = []
@@ -106,6 +112,20 @@ class StreamRun:
             accelerator.init_trackers(f"{job.method}-seed{job.seed}", config=_flat(config.to_dict()))
         self.steps_done = sum(v["steps"] for v in self.record.timing["tasks"].values())
 
+    @property
+    def base_label(self) -> str:
+        return self.job.base_label or resolve_model(self.job.config.model).label
+
+    def _base_weights(self, model) -> dict[str, torch.Tensor] | None:
+        """The adapted layers' weights as loaded, by module name, for the methods whose updates
+        add up to the model's weights (a fresh adapter per task, merged after it)."""
+        if self.spec.adapter is None or not self.spec.adapter_per_task or self.spec.joint:
+            return None
+        from jumplora.adapters import AdapterSet
+
+        names = AdapterSet.target_names(model, self.job.config.adapter_config(self.spec.adapter, self.spec.name))
+        return {name: model.get_submodule(name).weight.detach().to("cpu", copy=True) for name in names}
+
     def _resume_from(self, checkpoint) -> None:
         job = self.job
         self.first, self.record, self.masks, self.ledger = restore(checkpoint, job.folder, self.ctx, self.spec)
@@ -115,29 +135,38 @@ class StreamRun:
             if not self.spec.adapter_per_task or self.spec.joint:
                 raise JumploraError(f"{job.method} trains one adapter for the whole stream and merges it at the "
                                     "end: a finished run of it cannot take more tasks; start a new run")
-            self.log(f"{job.name} adding {', '.join(names[len(self.record.tasks):])} after {self.record.tasks[-1]}")
+            added = ", ".join(names[len(self.record.tasks):])
+            if job.parent is None:
+                self.log(f"{job.name} adding {added} after {self.record.tasks[-1]}")
+            else:  # jumplora teach: the model folder is where the run goes on from
+                self.log(f"{job.name} teaching {added} to the model of generation {job.parent['generation']} "
+                         f"({', '.join(self.record.tasks)})")
             self.record.extend_to(names, {task.name: task.dropped for task in self.tasks})
-        self.log(f"{job.name} resuming after task {self.first} of {len(self.tasks)} from {checkpoint.name}")
+        if job.parent is None:
+            self.log(f"{job.name} resuming after task {self.first} of {len(self.tasks)} from {checkpoint.name}")
         # The record says which settings the rest of the run used: its config is the latest.
         settings = job.config.to_dict()
         changed = changed_settings(self.record.config, settings)
         self.record.resumes = [*(self.record.resumes or []), {"after_task": self.first, "changed": changed}]
         self.record.config = settings
-        if changed:
+        if changed and job.parent is None:
             self.log(f"{job.name} with changed settings: "
                      + ", ".join(f"{k} {v['was']!r} -> {v['now']!r}" for k, v in changed.items()))
 
     def _check_data(self) -> None:
-        """The tasks the run learned must be read as they were (their data's SHA-256s), unless forced."""
-        known = self.record.data_sha256 or {}  # runs written before 2026-12-07 recorded none
+        """The tasks the run learned must be read as they were (their data's SHA-256s), unless
+        forced. A split that is not read again (a taught model keeps only its tasks' test
+        examples) is not compared."""
+        known = dict(self.record.data_sha256 or {})  # runs written before 2026-12-07 recorded none
         for task in self.tasks[: len(self.record.tasks)]:
-            now = task.fingerprints()
-            changed = [split for split, digest in known.get(task.name, {}).items() if now.get(split) != digest]
+            now = {split: digest for split, digest in task.fingerprints().items() if task.split(split)}
+            changed = [split for split, digest in known.get(task.name, {}).items() if split in now and now[split] != digest]
             if changed and not self.job.force:
                 raise JumploraError(f"the {'/'.join(changed)} data of task {task.name} (read from {task.source or '?'}) "
                                     "is not what the run learned from: restore it (or run from the folder the run was "
                                     "started in), or add --force to go on with this data")
-        self.record.data_sha256 = {**known, **{task.name: task.fingerprints() for task in self.tasks}}
+            known[task.name] = {**known.get(task.name, {}), **now}
+        self.record.data_sha256 = {**known, **{t.name: t.fingerprints() for t in self.tasks if t.name not in known}}
 
     def stages(self):
         """(t, the tasks trained at t) not yet done: one task each, or all at once (joint, at T-1)."""
@@ -181,7 +210,7 @@ class StreamRun:
         folder, update = self.job.folder, trained.update
         if update is not None:
             update.metadata = {"task": label, "method": self.job.method, "seed": str(self.job.seed), "index": str(t),
-                               "base_model": resolve_model(self.job.config.model).label}
+                               "base_model": self.base_label}
             if "+" not in label:  # one task (not mtl's joint stage): how to ask it, for `apply`
                 task = self.tasks[t]
                 update.metadata.update(instruction=task.instruction, labels=task.labels_json())
@@ -198,10 +227,16 @@ class StreamRun:
     def save_model(self) -> None:
         """The final outputs: the merged model (whole or not at all) and, again, results.json (so a
         resume repairs either when it is missing or damaged)."""
-        ctx, folder = self.ctx, self.job.folder
-        if ctx.main and self.job.config.save_model:
-            folder.model.save(ctx.model, ctx.tokenizer, self.manifest(),
-                              updates={e["file"]: folder.ledger.path(e) for e in self.ledger})
+        ctx, folder, config = self.ctx, self.job.folder, self.job.config
+        if ctx.main and config.save_model:
+            teachable = self.spec.adapter_per_task and not self.spec.joint
+            extras = Extras(
+                updates={e["file"]: folder.ledger.path(e) for e in self.ledger}, base_weights=self.base_weights,
+                training=(ctx.strategy.state(), {"index": len(self.tasks) - 1, "results": self.record.to_json()})
+                if teachable else None,
+                eval_data={f"{i:02d}-{task.name}": task.test for i, task in enumerate(self.tasks)}
+                if config.keep_eval_data else None)
+            folder.model.save(ctx.model, ctx.tokenizer, self.manifest(), extras)
         if ctx.main:
             self.record.write(folder.results)
         if self.job.config.log_with:
@@ -217,13 +252,15 @@ class StreamRun:
         ledger = [LedgerEntry(e["task"], self.job.method, e["file"], e["sha256"]) for e in self.ledger]
         settings = family.settings()
         return ModelManifest(
-            base_model=resolve_model(config.model).label, family=family.name, scoring=family.scoring,
+            base_model=self.base_label, family=family.name, scoring=family.scoring,
             max_source_length=settings["max_source_length"],
             encoder_temperature=config.family_options.encoder_temperature, tasks=tasks, ledger=ledger,
             exact=self.spec.adapter is not None and self.spec.adapter_per_task, family_settings=settings,
             prompt=PROMPT_FORMATS[config.data.prompt_format][0], prompt_format=config.data.prompt_format,
             run={"method": self.job.method, "seed": self.job.seed, "eval_batch_size": config.eval_batch_size,
-                 "stream": {k: v for k, v in config.to_dict().items() if k in STREAM_KEYS}})
+                 "stream": {k: v for k, v in config.to_dict().items() if k in STREAM_KEYS},
+                 "settings": config.to_dict()},
+            generation=self.job.parent["generation"] + 1 if self.job.parent else 1, parent=self.job.parent)
 
 
 def _number(value: float) -> float | None:

@@ -16,7 +16,10 @@ still loads) and holds::
                              are not the base plus these updates (methods that train every weight)
     run                      the run that wrote it: method, seed, eval_batch_size, and the stream
                              settings (data_dir, task_file, ...) that `jumplora evaluate` reads again
-    weights                  the SHA-256 of each weight file
+    weights, files           the SHA-256 of each weight file, and of the task states, the training
+                             state and the kept test examples (model_folder)
+    sizes                    MB on disk of each part
+    generation, parent       1 for a run's model; a taught model names the version it was taught from
     sha256                   the SHA-256 of everything above (a hand edit is refused, not believed)
 
 Every command that writes a model writes its manifest; every command that reads a model checks it.
@@ -76,6 +79,10 @@ class ModelManifest:
     run: dict = field(default_factory=dict)
     family_settings: dict | None = None
     weights: dict[str, str] | None = None
+    files: dict[str, str] | None = None  # SHA-256 of its states, training state and test examples
+    sizes: dict[str, float] | None = None  # MB on disk per part (ModelFolder.sizes)
+    generation: int = 1  # 1 for a run's model; its parent's + 1 for a model taught more tasks
+    parent: dict | None = None  # the model it was taught from: {generation, sha256 (of its manifest), path}
     format: str = FORMAT
     version: int = VERSION
 
@@ -95,12 +102,19 @@ class ModelManifest:
         legacy = {"max_source_length": self.max_source_length, "encoder_temperature": self.encoder_temperature}
         return {**legacy, "causal_mode": self.scoring} if self.family == "causal" else legacy
 
-    def write(self, path: Path, weights: dict[str, str] | None = None) -> None:
-        """Write the manifest (with the weight files' hashes, when given) and its own SHA-256."""
+    def write(self, path: Path, weights: dict[str, str] | None = None, files: dict[str, str] | None = None) -> None:
+        """Write the manifest (with the weight files' and other files' hashes, when given) and its
+        own SHA-256."""
         if weights is not None:
             self.weights = dict(weights)
+        if files is not None:
+            self.files = dict(files)
         values = asdict(self)
         write_json(Path(path), {**values, "sha256": json_sha256(values)})
+
+    def digest(self) -> str:
+        """The SHA-256 of the manifest's content, as written (it names a version of a model)."""
+        return json_sha256(asdict(self))
 
     @classmethod
     def read_file(cls, path: Path) -> ModelManifest:
@@ -146,6 +160,9 @@ def _problem(values: dict) -> str | None:
         "prompt": lambda v: isinstance(v, str), "prompt_format": lambda v: v in PROMPT_FORMATS, "exact": lambda v: isinstance(v, bool), "run": lambda v: isinstance(v, dict),
         "family_settings": lambda v: v is None or isinstance(v, dict),
         "weights": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+        "files": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+        "sizes": lambda v: v is None or (isinstance(v, dict) and all(number(x) for x in v.values())),
+        "generation": lambda v: number(v, True) and v >= 1, "parent": lambda v: v is None or isinstance(v, dict),
         "tasks": lambda v: isinstance(v, list), "ledger": lambda v: isinstance(v, list),
     }
     for key, good in checks.items():

@@ -22,7 +22,8 @@ from jumplora.run_folder import OutputFolder, RunFolder
 # Settings that decide where and how fast a run goes, not what it learns: a resume may change them
 # without --force (a run started on one machine can finish on another, compiled or not). Every
 # change is recorded in results.json under "resumes".
-EXECUTION_SETTINGS = ("compile", "device", "eval_batch_size", "keep_checkpoints", "log_with", "save_model")
+EXECUTION_SETTINGS = ("compile", "device", "eval_batch_size", "keep_checkpoints", "log_with", "save_model",
+                      "keep_eval_data")
 # A resume may append tasks (--add-tasks): the run then goes on with them after its own.
 EXTENSION_SETTINGS = ("add_tasks",)
 

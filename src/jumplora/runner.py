@@ -22,6 +22,7 @@ from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.families.loading import check_for_run
 from jumplora.loop import StreamJob, run_stream
+from jumplora.manifest import MANIFEST_FILE
 from jumplora.record import RunRecord
 from jumplora.report.summary import summary_table
 from jumplora.run_folder import OutputFolder, probe_writable
@@ -42,6 +43,10 @@ def run(config: RunConfig, log=print, resume: bool = False, overwrite: bool = Fa
     locked for the run, and so is refused while a command writes in it, inside it or around it.
     """
     config = RunConfig.from_dict({**absolute_paths(config.to_dict()), "output": config.output})
+    if config.model and Path(config.model, MANIFEST_FILE).is_file() and not resume:
+        raise JumploraError(f"{config.model} is a model folder written by jumplora: a run would start its history over "
+                            f"(its tasks and ledger dropped); teach it more with `jumplora teach {config.model} "
+                            "--task-file FILE`")
     tasks = resolve_stream(config.data)
     check_for_run(config, tasks)
     automatic = config.output is None
@@ -130,6 +135,8 @@ def _notes(config: RunConfig, accelerator, tasks, log) -> None:
         log(f"note: --compile {config.compile} on a CPU spends minutes compiling before the first step; "
             "it is meant for GPUs, where an eager step waits on Python")
     for task in tasks:
+        for note in task.notes:
+            log(note)
         if any(task.dropped.values()):
             log(f"  {task.name}: dropped {task.dropped} records whose label is not one of {list(task.labels)}")
     for warning in step_warnings(config, tasks):

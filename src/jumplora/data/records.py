@@ -67,13 +67,13 @@ def keep_labelled(examples: list[Example], labels: Sequence[str]) -> tuple[list[
 def read_records(path: Path) -> list:
     """The records of a task file, by its suffix; see :func:`load_task_file`."""
     if path.suffix not in RECORD_FILE_SUFFIXES:
-        raise JumploraError(f"cannot read {path}: task files must end in {', '.join(RECORD_FILE_SUFFIXES)}")
+        raise JumploraError(f"cannot read {path}: data files must end in {', '.join(RECORD_FILE_SUFFIXES)}")
     if path.suffix == ".json":
-        records = read_json(path, "task file")
+        records = read_json(path, "data file")
         if not isinstance(records, list):
             raise JumploraError(f"{path} must hold a JSON array of records (or use a .jsonl file, one a line)")
     else:
-        text = read_text(path, "task file")
+        text = read_text(path, "data file")
         if path.suffix in (".csv", ".tsv"):
             delimiter = "," if path.suffix == ".csv" else "\t"
             records = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))

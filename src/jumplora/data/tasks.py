@@ -60,6 +60,7 @@ class Task:
     dropped: dict[str, int] = field(default_factory=dict)
     source: str = field(default="", compare=False)  # where the examples were read (for messages)
     prompt_format: str = DEFAULT_PROMPT_FORMAT  # how an input is written (PROMPT_FORMATS)
+    notes: list[str] = field(default_factory=list, compare=False)  # warnings for the user (a rare label, ...)
 
     def __post_init__(self) -> None:
         self.labels = tuple(self.labels)

@@ -79,6 +79,7 @@ def load_task_file(
             raise JumploraError(f"{path} has a 'split' field and test_path is also given: use one of the two")
         test = examples_from_records(read_records(Path(test_path)), str(test_path), text_column, label_column)
     # Labels are strings: `labels: [0, 1]` in YAML means the labels "0" and "1" of the data.
+    notes = [] if labels is not None else rare_labels(name, examples + test)
     labels = tuple(map(str, labels)) if labels is not None else tuple(sorted({e.label for e in examples + test}))
     _check_labels(examples, labels, str(path))
     _check_labels(test, labels, str(test_path))
@@ -90,7 +91,27 @@ def load_task_file(
     else:
         test, dev, train = _cut(examples, [test_fraction, dev_fraction], seed)
         parts = {"train": train, "dev": dev, "test": test}
-    return _finish_task(name, instruction, labels, parts, {split: 0 for split in SPLITS}, str(path))
+    task = _finish_task(name, instruction, labels, parts, {split: 0 for split in SPLITS}, str(path))
+    task.notes += notes
+    return task
+
+
+def rare_labels(name: str, examples: list[Example]) -> list[str]:
+    """A warning for each label of the data with fewer than 3 examples or under 1% of them, naming
+    the closest other label: labels taken from the data turn a typo into a class of its own."""
+    import difflib
+    from collections import Counter
+
+    counts = Counter(example.label for example in examples)
+    notes = []
+    for label, count in sorted(counts.items()):
+        if count < 3 or count < 0.01 * len(examples):
+            others = [other for other in counts if other != label]
+            close = difflib.get_close_matches(label, others, n=1, cutoff=0.6)
+            hint = f" (a typo of {close[0]!r}?)" if close else ""
+            notes.append(f"warning: task {name}: label {label[:40]!r} has {count} of {len(examples)} examples{hint}; "
+                         "list the task's labels in the task file to make a label outside them an error")
+    return notes
 
 
 def _cut(examples: list[Example], fractions: Sequence[float], seed: int) -> list[list[Example]]:

@@ -1,0 +1,94 @@
+"""The continual model from Python: the same code as `jumplora predict | evaluate | teach | rollback`.
+
+    from jumplora import ContinualModel
+
+    model = ContinualModel.load("runs/latest/jumplora+inclora/seed0/model")
+    model.tasks                                      # ['bbc_news', 'tweet_sentiment', 'movie_reviews']
+    model.predict(["Dull, and far too long."], task="movie_reviews")       # ['Bad']
+    model.evaluate()                                 # {'bbc_news': {'accuracy': 87.0, 'examples': 100}, ...}
+    outcome = model.teach(task_file="new.yaml", max_forgetting=5)         # a new version, or a candidate
+    model = ContinualModel.load(outcome.model)
+    model.rollback("tweet_sentiment", "runs/no-tweets")
+
+A :class:`ContinualModel` holds the loaded weights for :meth:`predict`; the other methods work on
+its folder, as the commands do, and return what the commands print.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from jumplora.data import Example
+from jumplora.errors import JumploraError
+from jumplora.inference import evaluate_model, task_to_ask
+from jumplora.manifest import LearnedTask, ModelManifest
+from jumplora.model_folder import load_trained
+
+
+class ContinualModel:
+    """A model folder written by jumplora, loaded."""
+
+    def __init__(self, path: Path, model, tokenizer, family, manifest: ModelManifest) -> None:
+        self.path, self.model, self.tokenizer, self.family, self.manifest = path, model, tokenizer, family, manifest
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ContinualModel:
+        """The model folder at ``path``, checked (weights, manifest, files against their SHA-256s)."""
+        return cls(Path(path), *load_trained(Path(path), device))
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks the model learned, in order."""
+        return [task.name for task in self.manifest.tasks]
+
+    @property
+    def learned(self) -> list[LearnedTask]:
+        """Each learned task: name, instruction, labels, accuracy when learned and after the last task."""
+        return list(self.manifest.tasks)
+
+    def predict(self, texts: list[str], task: str | None = None, instruction: str | None = None,
+                labels: list[str] | None = None, batch_size: int | None = None) -> list[str]:
+        """The answer to each text for a learned ``task`` (or, zero-shot, a new one: ``instruction``
+        and ``labels``), asked as the model learned: the prompt lists the task's options."""
+        if isinstance(texts, str):
+            raise JumploraError("predict takes a list of texts: wrap a single text in [ ]")
+        if not texts:
+            return []
+        asked = task_to_ask(self.manifest, task, instruction, labels)
+        examples = [Example(text, asked.labels[0]) for text in texts]
+        size = batch_size or self.manifest.run.get("eval_batch_size", 64)
+        return self.family.predict(self.model, asked, examples, batch_size=size)
+
+    def evaluate(self, tasks: list[str] | None = None, batch_size: int | None = None, **data) -> dict:
+        """Accuracy (%) per task: on the test examples the folder kept, or on ``data`` (the keys of
+        `jumplora evaluate`: task_file, benchmark, order, data_dir)."""
+        return evaluate_model(self.path, data or None, tasks, batch_size)
+
+    def teach(self, task_file: str | Path | None = None, add_tasks: list[str] | None = None,
+              data_dir: str | Path | None = None, max_forgetting: float | None = None,
+              output: str | Path | None = None, log=print):
+        """Teach the model more tasks (jumplora.teach): returns a ``TeachOutcome`` (``accepted``,
+        ``model``: where the new version is, ``forgetting``: the check per earlier task). Load the
+        new version with ``ContinualModel.load(outcome.model)``."""
+        from jumplora.teach import teach
+
+        new = {"task_file": str(task_file)} if task_file else {"tasks": add_tasks,
+                                                               "data_dir": str(data_dir) if data_dir else None}
+        return teach(self.path, new, Path(output) if output else None, max_forgetting, log=log)
+
+    def rollback(self, task: str, output: str | Path) -> ContinualModel:
+        """The model without ``task``'s update (exact: state 0 plus the other updates), saved to
+        ``output`` and loaded."""
+        from jumplora.surgery import rollback
+
+        rollback(self.path, task, Path(output))
+        return ContinualModel.load(output)
+
+    def save(self, path: str | Path) -> ContinualModel:
+        """A copy of the model folder at ``path`` (a new folder), loaded."""
+        from jumplora.files import check_new_output
+
+        check_new_output(Path(path))
+        shutil.copytree(self.path, path, dirs_exist_ok=True)
+        return ContinualModel.load(path)

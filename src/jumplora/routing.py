@@ -1,0 +1,168 @@
+"""Which learned task an input belongs to, from its features alone: per-task statistics, no examples.
+
+The reference of the continual-learning literature (EPI, Wang et al. 2023b) routes by the
+Mahalanobis distance of an input's feature x to each task's mean μ_t under one covariance Σ shared
+by all tasks (the pooled within-task covariance, shrunk):
+
+    d_t(x)² = (x − μ_t)ᵀ Σ⁻¹ (x − μ_t),     route(x) = argmin_t d_t(x)²,
+    p(t | x) = softmax_t(−d_t(x)² / 2)      (equal priors; the router's confidence)
+
+Σ is the Ledoit–Wolf estimate: Σ = (1 − s)·S + s·m·I with S = (1/N) Σ_t Σ_{i∈t} (x_i − μ_t)(x_i − μ_t)ᵀ,
+m = tr(S)/d and the shrinkage s of Ledoit & Wolf (2004). scikit-learn's ``ledoit_wolf`` needs the
+data; a router must not keep it, so each task keeps only its sufficient statistics, taken while
+its features are in memory (the end of the task): n_t, μ_t, its scatter Σ_i (x_i − μ_t)(x_i − μ_t)ᵀ
+and Σ_i ‖x_i − μ_t‖⁴, from which S and s follow exactly (tests check them against
+``sklearn.covariance.ledoit_wolf`` on the pooled centred features).
+
+An input farther from every task than that task's own held-out inputs were is "no learned task":
+each task keeps the 99th percentile of d_t² over its dev inputs (its training inputs when it has
+none), measured when it was added; beyond it for every task, :meth:`Router.route` says -1.
+
+Features: the mean-pooled, L2-normalised last hidden state of a small sentence encoder that no task
+changes (``FeatureEncoder``: all-minilm-l6-v2, bundled), of the whole prompt or of the text alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from jumplora.errors import JumploraError
+
+OUTSIDE_QUANTILE = 99.0  # percent of a task's held-out inputs inside its distance threshold
+PREFIX = "router/"
+
+
+@dataclass
+class TaskStatistics:
+    """What a task leaves in the router: sufficient statistics of its features, and its threshold."""
+
+    name: str
+    count: int
+    mean: np.ndarray  # (d,)
+    scatter: np.ndarray  # (d, d): Σ (x − μ)(x − μ)ᵀ
+    fourth: float  # Σ ‖x − μ‖⁴
+    threshold: float = math.inf  # d² beyond which an input is not this task's
+
+
+@dataclass
+class Router:
+    tasks: list[TaskStatistics] = field(default_factory=list)
+    _inverse: np.ndarray | None = None
+
+    # -- fitting -----------------------------------------------------------------------------------
+
+    def add(self, name: str, features: np.ndarray, held_out: np.ndarray | None = None) -> TaskStatistics:
+        """Add task ``name`` from its features (n × d, float64 in memory only while added); its
+        threshold is calibrated on ``held_out`` features (else on ``features``)."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise JumploraError(f"task {name} needs at least 2 training inputs for the router, got {len(x)}")
+        mean = x.mean(0)
+        centred = x - mean
+        stats = TaskStatistics(name, len(x), mean, centred.T @ centred, float(((centred ** 2).sum(1) ** 2).sum()))
+        self.tasks = [t for t in self.tasks if t.name != name] + [stats]
+        self._inverse = None
+        calibration = np.asarray(held_out if held_out is not None and len(held_out) else x, dtype=np.float64)
+        stats.threshold = float(np.percentile(self.distances(calibration)[:, -1], OUTSIDE_QUANTILE))
+        return stats
+
+    def remove(self, name: str) -> None:
+        """Forget a task (a rollback): the shared covariance is rebuilt from the others' statistics."""
+        self.tasks = [t for t in self.tasks if t.name != name]
+        self._inverse = None
+
+    def covariance(self) -> np.ndarray:
+        """The shared Ledoit–Wolf covariance Σ (module docstring)."""
+        total = sum(t.count for t in self.tasks)
+        S = sum(t.scatter for t in self.tasks) / total
+        return (1 - self.shrinkage(S, total)) * S + self.shrinkage(S, total) * np.trace(S) / len(S) * np.eye(len(S))
+
+    def shrinkage(self, S: np.ndarray, total: int) -> float:
+        """Ledoit & Wolf's shrinkage intensity of the pooled centred features, from the statistics:
+        with m = tr(S)/d, δ = ‖S − m·I‖²_F / d and β = (Σ_i ‖x_i‖⁴ / N − ‖S‖²_F) / (d·N), s = min(β, δ)/δ."""
+        d = len(S)
+        m = np.trace(S) / d
+        delta = (np.sum(S ** 2) - 2 * m * np.trace(S) + d * m ** 2) / d
+        beta = (sum(t.fourth for t in self.tasks) / total - np.sum(S ** 2)) / (d * total)
+        return 0.0 if delta == 0 else float(min(beta, delta) / delta)
+
+    # -- routing -------------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """d_t(x)² of each input (rows) to each task (columns, in the order added)."""
+        if not self.tasks:
+            raise JumploraError("the router has no task yet")
+        if self._inverse is None:
+            self._inverse = np.linalg.inv(self.covariance())
+        x = np.asarray(features, dtype=np.float64)
+        means = np.stack([t.mean for t in self.tasks])
+        diff = x[:, None, :] - means[None, :, :]
+        return np.einsum("ntd,de,nte->nt", diff, self._inverse, diff)
+
+    def route(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the index of the chosen task per input, -1 for no learned task; its confidence p(t | x))."""
+        d2 = self.distances(features)
+        chosen = d2.argmin(1)
+        logits = -d2 / 2
+        probability = np.exp(logits - logits.max(1, keepdims=True))
+        probability /= probability.sum(1, keepdims=True)
+        thresholds = np.array([t.threshold for t in self.tasks])
+        outside = (d2 > thresholds[None, :]).all(1)
+        return np.where(outside, -1, chosen), probability[np.arange(len(chosen)), chosen]
+
+    # -- saving --------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors under ``router/`` (a checkpoint's, a model folder's), with the task order."""
+        out = {}
+        for i, t in enumerate(self.tasks):
+            key = f"{PREFIX}{i:03d}/"
+            out.update({key + "count": torch.tensor(t.count), key + "mean": torch.from_numpy(t.mean),
+                        key + "scatter": torch.from_numpy(t.scatter), key + "fourth": torch.tensor(t.fourth),
+                        key + "threshold": torch.tensor(t.threshold, dtype=torch.float64),
+                        key + "name": torch.tensor(list(t.name.encode()), dtype=torch.uint8)})
+        return out
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor]) -> Router:
+        indices = sorted({k[len(PREFIX):].split("/")[0] for k in tensors if k.startswith(PREFIX)})
+        tasks = []
+        for index in indices:
+            key = f"{PREFIX}{index}/"
+            tasks.append(TaskStatistics(
+                bytes(tensors[key + "name"].tolist()).decode(), int(tensors[key + "count"]),
+                tensors[key + "mean"].double().numpy(), tensors[key + "scatter"].double().numpy(),
+                float(tensors[key + "fourth"]), float(tensors[key + "threshold"])))
+        return cls(tasks)
+
+
+class FeatureEncoder:
+    """Features of texts for the router: the mean over the real tokens of the last hidden state of
+    a sentence encoder, L2-normalised (all-MiniLM-L6-v2's own pooling), in float64 on the CPU."""
+
+    def __init__(self, model: str = "all-minilm-l6-v2", max_length: int = 256, batch_size: int = 64) -> None:
+        from jumplora.families import load_model
+
+        self.name, self.max_length, self.batch_size = model, max_length, batch_size
+        self.model, self.tokenizer, _ = load_model(model, family="encoder")
+        self.model.eval()
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).double().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))
