@@ -60,7 +60,7 @@ def test_predict_gives_the_runs_own_answers(three, tmp_path, capsys):
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text("".join(json.dumps({"text": f"{s} first"}) + "\n" for s, _ in ROWS))
     capsys.readouterr()
-    assert main(["predict", str(three / "model"), "--task", "first", "--input", str(inputs),
+    assert main(["predict", str(three / "model"), "--task", "first", "--merged", "--input", str(inputs),
                  "--output", str(tmp_path / "out.jsonl")]) == 0
     predictions = [json.loads(line)["prediction"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(predictions) == len(ROWS)

@@ -5,6 +5,7 @@
     model = ContinualModel.load("runs/latest/jumplora+inclora/seed0/model")
     model.tasks                                      # ['bbc_news', 'tweet_sentiment', 'movie_reviews']
     model.predict(["Dull, and far too long."], task="movie_reviews")       # ['Bad']
+    model.answer(["Dull, and far too long."])        # the router picks the task: [Answer(task=..., confidence=...)]
     model.evaluate()                                 # {'bbc_news': {'accuracy': 87.0, 'examples': 100}, ...}
     outcome = model.teach(task_file="new.yaml", max_forgetting=5)         # a new version, or a candidate
     model = ContinualModel.load(outcome.model)
@@ -19,11 +20,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from jumplora.answering import Answer, answer
 from jumplora.data import Example
 from jumplora.errors import JumploraError
 from jumplora.inference import evaluate_model, task_to_ask
 from jumplora.manifest import LearnedTask, ModelManifest
-from jumplora.model_folder import load_trained
+from jumplora.model_folder import ModelFolder, load_trained
 
 
 class ContinualModel:
@@ -48,17 +50,27 @@ class ContinualModel:
         return list(self.manifest.tasks)
 
     def predict(self, texts: list[str], task: str | None = None, instruction: str | None = None,
-                labels: list[str] | None = None, batch_size: int | None = None) -> list[str]:
-        """The answer to each text for a learned ``task`` (or, zero-shot, a new one: ``instruction``
-        and ``labels``), asked as the model learned: the prompt lists the task's options."""
+                labels: list[str] | None = None, way: str = "auto", batch_size: int | None = None) -> list[str]:
+        """The answer to each text for a learned ``task`` (without one, the task a router picks from
+        the text), or, zero-shot, for a new one (``instruction`` and ``labels``); the prompt lists the
+        task's options. ``way``: "merged", "states" or "auto" (jumplora.answering)."""
+        return [a.answer for a in self.answer(texts, task, instruction, labels, way, batch_size)]
+
+    def answer(self, texts: list[str], task: str | None = None, instruction: str | None = None,
+               labels: list[str] | None = None, way: str = "auto", batch_size: int | None = None) -> list[Answer]:
+        """As :meth:`predict`, with each answer's task, way, router confidence and whether the input is a
+        learned task's."""
         if isinstance(texts, str):
             raise JumploraError("predict takes a list of texts: wrap a single text in [ ]")
         if not texts:
             return []
-        asked = task_to_ask(self.manifest, task, instruction, labels)
-        examples = [Example(text, asked.labels[0]) for text in texts]
         size = batch_size or self.manifest.run.get("eval_batch_size", 64)
-        return self.family.predict(self.model, asked, examples, batch_size=size)
+        if instruction is not None or labels:
+            asked = task_to_ask(self.manifest, task, instruction, labels)
+            found = self.family.predict(self.model, asked, [Example(t, asked.labels[0]) for t in texts], batch_size=size)
+            return [Answer(text, label, asked.name, "merged") for text, label in zip(texts, found)]
+        loaded = (self.model, self.tokenizer, self.family, self.manifest, ModelFolder(self.path))
+        return answer(loaded, texts, task, way, size)
 
     def evaluate(self, tasks: list[str] | None = None, batch_size: int | None = None, **data) -> dict:
         """Accuracy (%) per task: on the test examples the folder kept, or on ``data`` (the keys of

@@ -84,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 def add_use_commands(sub) -> None:
     """`predict` and `evaluate`: using a trained model folder."""
     predict = sub.add_parser("predict", help="the predicted label of each input, by a trained model",
-                             description="Task-agnostic, as training was: the prompt lists the options of the "
-                                         "named task (one the model learned) or of a new one (--instruction, "
-                                         "--labels).")
+                             description="The prompt lists the options of a task: the one named (--task), or, "
+                                         "without it, the one a router picks from the text alone (printed with its "
+                                         "confidence), or a new one (--instruction, --labels). Two ways to answer: "
+                                         "the merged model (--merged, the paper's) or the weights as they were "
+                                         "right after that task (--states); the default is the one the model's run "
+                                         "measured more accurate.")
     predict.add_argument("model", metavar="MODEL", help="a model folder written by jumplora (OUTPUT/<method>/seed<k>/model)")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="inputs to label")
     predict.add_argument("--task", help="a task the model learned (see its jumplora-model.json)")
@@ -97,6 +100,11 @@ def add_use_commands(sub) -> None:
     predict.add_argument("--text-column", help="the text field of --input (default: sentence, else text)")
     predict.add_argument("--output", type=Path, help="write {text, prediction} records (.jsonl, .csv or .tsv)")
     predict.add_argument("--batch-size", type=int, help="inputs per forward (default: the run's eval batch size)")
+    predict.add_argument("--merged", action="store_true",
+                         help="answer with the merged model (the paper's); without --task the router picks the prompt")
+    predict.add_argument("--states", action="store_true",
+                         help="answer with the state of the task (given, or picked by the router from the text); "
+                              "default: whichever of the two the model's run measured more accurate (its manifest)")
     evaluate = sub.add_parser("evaluate", help="accuracy per task of a trained model on test splits",
                               description="By default the tasks the model learned, read again as its run read "
                                           "them; or pass the data (--task-file, --benchmark/--order, --tasks, "
@@ -110,6 +118,8 @@ def add_use_commands(sub) -> None:
     evaluate.add_argument("--batch-size", type=int, help="prompts per forward (default: the run's eval batch size)")
     evaluate.add_argument("--output", type=Path, help="the JSON written (default: evaluation.json beside the model folder)")
     evaluate.add_argument("--force", action="store_true", help="evaluate although the run's data changed since it ran")
+    evaluate.add_argument("--routed", action="store_true", help="also answer each input by the state of the task the "
+                                                                "router picks from its prompt (routed accuracy)")
 
 
 def add_teach_command(sub) -> None:
@@ -300,14 +310,32 @@ def _predict(args) -> None:
 
     if args.input and args.texts:
         raise JumploraError("pass the inputs as TEXT arguments or as --input FILE, not both")
+    if args.merged and args.states:
+        raise JumploraError("--merged and --states are two ways to answer: pass one of them")
     texts = read_inputs(args.input, args.text_column) if args.input else list(args.texts)
-    task, labels = predict(Path(args.model), None, texts, args.task, args.instruction, args.labels, args.batch_size)
+    if args.instruction is not None or args.labels:  # zero-shot: a task no state learned
+        task, labels = predict(Path(args.model), None, texts, args.task, args.instruction, args.labels, args.batch_size)
+        rows = [{"text": text, "prediction": label} for text, label in zip(texts, labels)]
+        lines = [f"{label}\t{text}" for text, label in zip(texts, labels)]
+    else:
+        from jumplora.answering import answer
+        from jumplora.model_folder import ModelFolder, load_trained
+
+        if not texts:
+            raise JumploraError("no input given: pass TEXT arguments or --input FILE")
+        way = "merged" if args.merged else "states" if args.states else "auto"
+        found = answer((*load_trained(Path(args.model)), ModelFolder(Path(args.model))), texts, args.task, way,
+                       args.batch_size)
+        rows = [{"text": a.text, "prediction": a.answer, "task": a.task, "way": a.way, "confidence": a.confidence,
+                 "learned": a.learned} for a in found]
+        lines = [f"{a.answer}\t{a.text}" if args.task else
+                 f"{a.task if a.learned else f'no learned task (nearest: {a.task})'}\t{a.answer}\t"
+                 f"{a.confidence:.2f}\t{a.text}" for a in found]
     if args.output:
-        write_predictions(args.output, texts, labels)
-        print(f"{len(labels)} predictions for task {task.name} (options: {', '.join(task.labels)}) -> {args.output}")
+        write_predictions(args.output, rows)
+        print(f"{len(rows)} predictions -> {args.output}")
         return
-    for text, label in zip(texts, labels):
-        print(f"{label}\t{text}")
+    print("\n".join(lines))
 
 
 def _evaluate(args) -> None:
@@ -321,14 +349,18 @@ def _evaluate(args) -> None:
     stream = None  # the data of the run that wrote the model
     if any(v is not None for v in given.values()):
         stream = {**given, "tasks": only if args.data_dir and not (args.task_file or args.benchmark) else None}
-    results = evaluate_model(Path(args.model), stream, only, args.batch_size, args.max_test_per_task, args.force)
+    results = evaluate_model(Path(args.model), stream, only, args.batch_size, args.max_test_per_task, args.force,
+                             args.routed)
     output = args.output or Path(args.model).resolve().parent / "evaluation.json"
     width = max(len(name) for name in results)
-    print(f"{'task':<{width}}  accuracy %  examples")
+    routed = " routed %" if args.routed else ""
+    print(f"{'task':<{width}}  accuracy %{routed}  examples")
     for name, row in results.items():
-        print(f"{name:<{width}}  {row['accuracy']:10.2f}  {row['examples']:8d}")
+        extra = f"  {row['routed_accuracy']:8.2f}" if args.routed else ""
+        print(f"{name:<{width}}  {row['accuracy']:10.2f}{extra}  {row['examples']:8d}")
     mean = sum(row["accuracy"] for row in results.values()) / len(results)
-    print(f"{'mean':<{width}}  {mean:10.2f}")
+    extra = f"  {sum(r['routed_accuracy'] for r in results.values()) / len(results):8.2f}" if args.routed else ""
+    print(f"{'mean':<{width}}  {mean:10.2f}{extra}")
     try:
         write_text(output, json.dumps({"model": args.model, "tasks": results, "mean": mean}, indent=1))
     except OSError as error:

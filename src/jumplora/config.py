@@ -72,6 +72,9 @@ class RunConfig:
     eval_batch_size: int = setting(64, "prompts per forward in evaluation (halved when memory runs out)", minimum=1)
     single_task_baselines: bool = setting(False, "also train each task alone (cached), for FWT")
     save_model: bool = setting(True, "save the final merged model to OUTPUT/<method>/seed<k>/model")
+    route: bool = setting(True, "also answer each test input with the state of the task a router picks from the "
+                          "input (jumplora's second mode: routed_accuracy_matrix, routing in results.json; methods "
+                          "that merge a fresh adapter per task)")
     keep_eval_data: bool = setting(True, "keep each task's test examples in the model folder, so that `jumplora teach` "
                                    "can check earlier tasks again (never trained on)")
     keep_checkpoints: int = setting(2, "per-task checkpoints kept, the newest (resume needs 1)", minimum=1)

@@ -23,7 +23,7 @@ def evaluate(model, family, task: Task, batch_size: int, split: str = "test", ac
 
 
 def evaluate_answers(model, family, task: Task, batch_size: int, other_tasks: dict[str, tuple[str, ...]],
-                     split: str = "test", accelerator=None) -> tuple[float, dict[str, int]]:
+                     split: str = "test", accelerator=None, answers: list | None = None) -> tuple[float, dict[str, int]]:
     """Accuracy (percent) on one split of the task, and where the answers come from
     (:func:`jumplora.metrics.answer_origins` against the labels of ``other_tasks``).
 
@@ -37,6 +37,8 @@ def evaluate_answers(model, family, task: Task, batch_size: int, other_tasks: di
     if shards > 1:
         examples = examples[accelerator.process_index :: shards]
     predictions = family.predict(model, task, examples, batch_size=batch_size) if examples else []
+    if answers is not None:  # the caller keeps them (one process: every example's, in order)
+        answers.extend(predictions)
     correct = sum(is_correct(p, e.label) for p, e in zip(predictions, examples))
     origins = metrics.answer_origins(predictions, task.labels, other_tasks)
     counts = [correct, len(examples), *origins.values()]
@@ -54,6 +56,8 @@ class EvaluationRow:
     accuracy: list[float]  # a[t, i], i ≤ t, percent
     origins: list[dict[str, int]]  # where the answers to task i come from (metrics.answer_origins)
     ranked: list[float] | None = None  # the options ranked (--also-rank), or None
+    answers: dict[str, list[str]] | None = None  # each task's answers (one process), for the routed row
+    routed: object = None  # routed.RoutedRow, when the run routes
 
 
 def evaluate_seen(ctx: RunContext, tasks: list[Task], t: int) -> EvaluationRow:
@@ -62,21 +66,23 @@ def evaluate_seen(ctx: RunContext, tasks: list[Task], t: int) -> EvaluationRow:
     task's labels cannot have taken over yet)."""
     batch_size, accelerator = ctx.config.eval_batch_size, ctx.accelerator
     labels = {task.name: task.labels for task in tasks[: t + 1]}
-    accuracy, origins = [], []
+    accuracy, origins, answers = [], [], {}
     for task in tasks[: t + 1]:
         if not task.test:  # a task taught earlier whose test examples were not kept: not measured
             accuracy.append(float("nan"))
             origins.append(None)
             continue
         others = {name: values for name, values in labels.items() if name != task.name}
-        value, counts = evaluate_answers(ctx.model, ctx.family, task, batch_size, others, accelerator=accelerator)
+        answers[task.name] = []
+        value, counts = evaluate_answers(ctx.model, ctx.family, task, batch_size, others, accelerator=accelerator,
+                                         answers=answers[task.name])
         accuracy.append(value)
         origins.append(counts)
     ranked = None
     if ctx.ranker is not None:
         ranked = [evaluate(ctx.model, ctx.ranker, task, batch_size, accelerator=accelerator) if task.test
                   else float("nan") for task in tasks[: t + 1]]
-    return EvaluationRow(accuracy, origins, ranked)
+    return EvaluationRow(accuracy, origins, ranked, answers if accelerator.num_processes == 1 else None)
 
 
 def make_ranker(also_rank: bool, family):

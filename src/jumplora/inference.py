@@ -63,17 +63,19 @@ def predict(folder: Path, task: Task | None, texts: list[str], name: str | None 
     return task, family.predict(model, task, examples, batch_size=size, progress=len(examples) > size)
 
 
-def write_predictions(path: Path, texts: list[str], predictions: list[str]) -> None:
-    """JSONL (``{"text", "prediction"}`` a line), or CSV / TSV with those two columns, atomically."""
+def write_predictions(path: Path, rows: list[dict]) -> None:
+    """JSONL (one object a line: ``text``, ``prediction`` and, when routed, ``task``, ``way``,
+    ``confidence``, ``learned``), or CSV / TSV with those columns, atomically."""
     from jumplora.files import write_text
 
     if path.suffix in (".csv", ".tsv"):
         buffer = io.StringIO()
+        columns = list(rows[0]) if rows else ["text", "prediction"]
         writer = csv.writer(buffer, delimiter="," if path.suffix == ".csv" else "\t")
-        writer.writerows([("text", "prediction"), *zip(texts, predictions)])
+        writer.writerows([columns, *([row[c] for c in columns] for row in rows)])
         text = buffer.getvalue()
     else:
-        text = "".join(json.dumps({"text": t, "prediction": p}) + "\n" for t, p in zip(texts, predictions))
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     try:
         write_text(path, text)
     except OSError as error:
@@ -81,7 +83,7 @@ def write_predictions(path: Path, texts: list[str], predictions: list[str]) -> N
 
 
 def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, batch_size: int | None,
-                   max_test: int | None = None, force: bool = False) -> dict:
+                   max_test: int | None = None, force: bool = False, routed: bool = False) -> dict:
     """Accuracy (percent) per task on its test split: ``{task: {"accuracy", "examples"}}``.
 
     ``stream``: the data settings (StreamConfig keys); None takes the test examples the model
@@ -89,8 +91,9 @@ def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, ba
     did (its manifest), refusing a task whose test data is not what the run measured (its SHA-256)
     unless ``force``. By default the tasks the model learned; ``only`` picks some.
     """
-    model, _, family, manifest = load_trained(folder)
+    model, tokenizer, family, manifest = load_trained(folder)
     size = batch_size or manifest.run.get("eval_batch_size", 64)
+    loaded = (model, tokenizer, family, manifest, ModelFolder(Path(folder)))
     kept = kept_tasks(ModelFolder(Path(folder)), manifest) if stream is None and max_test is None else None
     if kept is not None:  # the test examples the model kept (its run's, as measured): no data needed
         wanted = only or [t.name for t in kept]
@@ -98,8 +101,7 @@ def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, ba
         missing = [name for name in wanted if name not in by_name]
         if missing:
             raise JumploraError(f"the model learned no task {', '.join(missing)} (its tasks: {', '.join(by_name)})")
-        return {name: {"accuracy": evaluate(model, family, by_name[name], size), "examples": len(by_name[name].test)}
-                for name in wanted}
+        return {name: _scores(loaded, by_name[name], size, routed) for name in wanted}
     settings = dict(stream if stream is not None else manifest.run.get("stream") or {})
     if max_test is not None:
         settings["max_test_per_task"] = max_test
@@ -117,8 +119,17 @@ def evaluate_model(folder: Path, stream: dict | None, only: list[str] | None, ba
             if task is not None and learned.test_sha256 and task.fingerprints()["test"] != learned.test_sha256:
                 raise JumploraError(f"the test data of task {task.name} (read from {task.source or '?'}) is not what the "
                                     "run measured: restore it, or add --force to evaluate on this data")
-    return {name: {"accuracy": evaluate(model, family, by_name[name], size), "examples": len(by_name[name].test)}
-            for name in wanted}
+    return {name: _scores(loaded, by_name[name], size, routed) for name in wanted}
+
+
+def _scores(loaded, task: Task, size: int, routed: bool) -> dict:
+    """The merged model's accuracy on a task's test examples (and, ``routed``, the routed states')."""
+    scores = {"accuracy": evaluate(loaded[0], loaded[2], task, size), "examples": len(task.test)}
+    if routed:
+        from jumplora.answering import routed_accuracy
+
+        scores["routed_accuracy"] = routed_accuracy(loaded, task, size)
+    return scores
 
 
 def kept_tasks(folder: ModelFolder, manifest: ModelManifest) -> list[Task] | None:

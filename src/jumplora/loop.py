@@ -26,9 +26,12 @@ from jumplora.lambda_search import search_lambda, searchable
 from jumplora.manifest import STREAM_KEYS, LearnedTask, LedgerEntry, ModelManifest
 from jumplora.model_folder import Extras
 from jumplora.record import RunRecord
-from jumplora.resume import changed_settings, finished_record, restore
+from jumplora.resume import ROUTE_PREFIX, changed_settings, finished_record, restore
+from jumplora.routed import VIEWS, RoutedEvaluation
+from jumplora.routing import Router
 from jumplora.run_folder import RunFolder
 from jumplora.strategies.methods import make_strategy
+from jumplora.states import TaskStates
 from jumplora.strategies.registry import parse_method
 from jumplora.train import TaskTraining, batches, train_task
 
@@ -102,10 +105,12 @@ class StreamRun:
             data_sha256={task.name: task.fingerprints() for task in tasks})
         self.masks: list[dict[str, torch.Tensor]] = []
         self.ledger: list[dict] = []  # the entries of deltas/manifest.json, as written
-        self.first = 0
+        self.first, routers = 0, {}
         checkpoint = folder.latest_checkpoint() if job.resume else None
         if checkpoint is not None:
-            self._resume_from(checkpoint)
+            routers = self._resume_from(checkpoint)
+        self.routed = self._routed(routers) if config.route and self.base_weights is not None \
+            and accelerator.num_processes == 1 else None
         # A resumed run's time goes on from what it had taken before (results.json, timing.total_s).
         self.started = time.perf_counter() - self.record.timing.get("total_s", 0.0)
         if config.log_with:
@@ -126,9 +131,16 @@ class StreamRun:
         names = AdapterSet.target_names(model, self.job.config.adapter_config(self.spec.adapter, self.spec.name))
         return {name: model.get_submodule(name).weight.detach().to("cpu", copy=True) for name in names}
 
-    def _resume_from(self, checkpoint) -> None:
+    def _routed(self, tensors: dict) -> RoutedEvaluation:
+        """The routed evaluation of the run: state 0 and the updates so far; the routers from the
+        checkpoint (empty for a new run)."""
+        states = TaskStates(self.base_weights, [self.job.folder.ledger.path(e) for e in self.ledger])
+        routers = {view: Router.from_state(tensors, f"{ROUTE_PREFIX}{view}/") for view in VIEWS}
+        return RoutedEvaluation(self.ctx, states, routers)
+
+    def _resume_from(self, checkpoint) -> dict:
         job = self.job
-        self.first, self.record, self.masks, self.ledger = restore(checkpoint, job.folder, self.ctx, self.spec)
+        self.first, self.record, self.masks, self.ledger, routers = restore(checkpoint, job.folder, self.ctx, self.spec)
         self._check_data()
         names = [task.name for task in self.tasks]
         if self.record.tasks != names:  # --add-tasks: more tasks after the ones learned
@@ -152,6 +164,7 @@ class StreamRun:
         if changed and job.parent is None:
             self.log(f"{job.name} with changed settings: "
                      + ", ".join(f"{k} {v['was']!r} -> {v['now']!r}" for k, v in changed.items()))
+        return routers
 
     def _check_data(self) -> None:
         """The tasks the run learned must be read as they were (their data's SHA-256s), unless
@@ -192,6 +205,14 @@ class StreamRun:
             ctx.strategy.finish()
         eval_started = time.perf_counter()
         row = evaluate_seen(ctx, self.tasks, t)
+        if self.routed is not None and row.answers is not None:
+            self.routed.states.add(trained.update)
+            for task in stage:
+                self.routed.learn(task)
+            for task in self.tasks[: t + 1]:  # state t is the model as it is now
+                if task.name in row.answers:
+                    self.routed.remember(t, task, row.answers[task.name])
+            row.routed = self.routed.row(self.tasks, t, row.answers)
         self._record(t, label, trained, row, time.perf_counter() - eval_started)
         if ctx.main:
             self._write(t, label, trained)
@@ -218,11 +239,18 @@ class StreamRun:
             update.save(path)
             self.ledger = [e for e in self.ledger if e["index"] != t] + [folder.ledger.record(t, label, path)]
         self.record.write(folder.results)
-        save_checkpoint(folder.checkpoint(t, label), self.ctx.model, self.ctx.strategy.state(),
+        save_checkpoint(folder.checkpoint(t, label), self.ctx.model, self._state_tensors(),
                         {"index": t, "results": self.record.to_json()}, changed=self.ctx.strategy.changed_weights())
         folder.prune_checkpoints(self.job.config.keep_checkpoints)
         row = self.record.accuracy[t]
         self.log(f"{self.job.name} after {label}: " + ", ".join(f"{self.tasks[i].name} {row[i]:.1f}" for i in range(t + 1)))
+
+    def _state_tensors(self) -> dict:
+        """What a checkpoint keeps besides the weights: the method's state and the routers'."""
+        tensors = dict(self.ctx.strategy.state())
+        for view, router in (self.routed.routers.items() if self.routed is not None else []):
+            tensors.update(router.state(f"{ROUTE_PREFIX}{view}/"))
+        return tensors
 
     def save_model(self) -> None:
         """The final outputs: the merged model (whole or not at all) and, again, results.json (so a
@@ -232,8 +260,9 @@ class StreamRun:
             teachable = self.spec.adapter_per_task and not self.spec.joint
             extras = Extras(
                 updates={e["file"]: folder.ledger.path(e) for e in self.ledger}, base_weights=self.base_weights,
-                training=(ctx.strategy.state(), {"index": len(self.tasks) - 1, "results": self.record.to_json()})
+                training=(self._state_tensors(), {"index": len(self.tasks) - 1, "results": self.record.to_json()})
                 if teachable else None,
+                router={k: v for k, v in self._state_tensors().items() if k.startswith(ROUTE_PREFIX)} or None,
                 eval_data={f"{i:02d}-{task.name}": task.test for i, task in enumerate(self.tasks)}
                 if config.keep_eval_data else None)
             folder.model.save(ctx.model, ctx.tokenizer, self.manifest(), extras)
@@ -260,7 +289,17 @@ class StreamRun:
             run={"method": self.job.method, "seed": self.job.seed, "eval_batch_size": config.eval_batch_size,
                  "stream": {k: v for k, v in config.to_dict().items() if k in STREAM_KEYS},
                  "settings": config.to_dict()},
-            generation=self.job.parent["generation"] + 1 if self.job.parent else 1, parent=self.job.parent)
+            generation=self.job.parent["generation"] + 1 if self.job.parent else 1, parent=self.job.parent,
+            answering=self._answering())
+
+    def _answering(self) -> dict | None:
+        """The OA of the two ways to answer, as measured at the last row (jumplora.answering)."""
+        record = self.record
+        if record.routed_metrics is None:
+            return None
+        text = [v for v in (record.routing or {}).get("from_text", []) if v is not None]
+        return {"merged_oa": record.metrics.get("oa"), "routed_oa": record.routed_metrics.get("oa"),
+                "routing_from_text": sum(text) / len(text) if text else None}
 
 
 def _number(value: float) -> float | None:

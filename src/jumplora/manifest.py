@@ -20,6 +20,8 @@ still loads) and holds::
                              state and the kept test examples (model_folder)
     sizes                    MB on disk of each part
     generation, parent       1 for a run's model; a taught model names the version it was taught from
+    answering                OA of the merged model and of the routed states, as the run measured them
+                             (the default way `predict` answers: jumplora.answering)
     sha256                   the SHA-256 of everything above (a hand edit is refused, not believed)
 
 Every command that writes a model writes its manifest; every command that reads a model checks it.
@@ -83,6 +85,7 @@ class ModelManifest:
     sizes: dict[str, float] | None = None  # MB on disk per part (ModelFolder.sizes)
     generation: int = 1  # 1 for a run's model; its parent's + 1 for a model taught more tasks
     parent: dict | None = None  # the model it was taught from: {generation, sha256 (of its manifest), path}
+    answering: dict | None = None  # what the run measured: {merged_oa, routed_oa, routing_from_text}
     format: str = FORMAT
     version: int = VERSION
 
@@ -163,6 +166,7 @@ def _problem(values: dict) -> str | None:
         "files": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
         "sizes": lambda v: v is None or (isinstance(v, dict) and all(number(x) for x in v.values())),
         "generation": lambda v: number(v, True) and v >= 1, "parent": lambda v: v is None or isinstance(v, dict),
+        "answering": lambda v: v is None or isinstance(v, dict),
         "tasks": lambda v: isinstance(v, list), "ledger": lambda v: isinstance(v, list),
     }
     for key, good in checks.items():

@@ -7,6 +7,7 @@
       states/base.safetensors                              the adapted layers' weights before any
                                                            task: with the updates, the weights as
                                                            they were after each task (task states)
+      states/router.safetensors                            the router's statistics per task (routing)
       training/state.safetensors, state.json              what the next task needs: the method's
                                                            state (ELLA's W_past, ...), the RNG
                                                            states, the run's record (a checkpoint)
@@ -34,7 +35,7 @@ from jumplora.files import check_new_output, follow_umask, publish_folder, sha25
 from jumplora.manifest import MANIFEST_FILE, ModelManifest
 
 UPDATES, STATES, TRAINING, EVAL = "updates", "states", "training", "eval"
-BASE_STATE = "base.safetensors"
+BASE_STATE, ROUTER = "base.safetensors", "router.safetensors"
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Extras:
     base_weights: dict[str, torch.Tensor] | None = None  # state 0 of the adapted layers
     training: tuple | None = None  # (strategy tensors, info) of the last task: written as a checkpoint
     eval_data: dict[str, list] | None = None  # "<t>-<task>" -> its test examples
-    like: ModelFolder | None = None  # a folder whose states and eval data are carried over
+    router: dict[str, torch.Tensor] | None = None  # the routers' statistics (jumplora.routing)
+    like: ModelFolder | None = None  # a folder whose states, eval data and router are carried over
 
 @dataclass(frozen=True)
 class ModelFolder:
@@ -68,6 +70,10 @@ class ModelFolder:
     @property
     def base_state(self) -> Path:
         return self.path / STATES / BASE_STATE
+
+    @property
+    def router_file(self) -> Path:
+        return self.path / STATES / ROUTER
 
     @property
     def training(self) -> Path:
@@ -163,6 +169,12 @@ class ModelFolder:
         elif like is not None and like.base_state.is_file():
             self.base_state.parent.mkdir(exist_ok=True)
             shutil.copyfile(like.base_state, self.base_state)
+        if extras.router is not None:
+            self.router_file.parent.mkdir(exist_ok=True)
+            save_tensors({k: v.contiguous() for k, v in extras.router.items()}, self.router_file)
+        elif like is not None and like.router_file.is_file():
+            self.router_file.parent.mkdir(exist_ok=True)
+            shutil.copyfile(like.router_file, self.router_file)
         if extras.training is not None:
             tensors, info = extras.training
             # The model's own weights are the base of this checkpoint: none is stored, every one is
@@ -180,7 +192,8 @@ class ModelFolder:
     def hashed_files(self) -> dict[str, str]:
         """SHA-256 of the files besides the weights that a later command trusts: the base state,
         the training state, the kept test examples (the updates are in the ledger)."""
-        paths = [self.base_state, *sorted(self.training.glob("*")), *sorted(self.eval_folder.glob("*.jsonl"))]
+        paths = [self.base_state, self.router_file, *sorted(self.training.glob("*")),
+                 *sorted(self.eval_folder.glob("*.jsonl"))]
         return {str(p.relative_to(self.path)): sha256(p) for p in paths if p.is_file()}
 
     def sizes(self) -> dict[str, float]:
@@ -189,7 +202,7 @@ class ModelFolder:
             return round(sum(p.stat().st_size for p in paths if p.is_file()) / 1e6, 3)
 
         parts = {"weights_mb": mb(self.weight_files()), "updates_mb": mb(self.updates.glob("*")),
-                 "states_mb": mb([self.base_state]), "training_mb": mb(self.training.glob("*")),
+                 "states_mb": mb([self.base_state, self.router_file]), "training_mb": mb(self.training.glob("*")),
                  "eval_mb": mb(self.eval_folder.glob("*"))}
         return {**parts, "total_mb": mb(p for p in self.path.rglob("*"))}
 

@@ -19,6 +19,11 @@ which checks each field it relies on and names the first that is wrong. The fiel
     finished_tasks, collapsed           tasks done; tasks whose gate kept nothing or everything
     chosen_lambda, lambda_search        ELLA's λ per task and its search (App. A.2), when run
     lambda_balance                      ELLA's λ auto per task: {lambda, steps, ratio} (EllaPenalty.balance)
+    routed_accuracy_matrix, routed_metrics   T×T and {oa, bwt}: each input answered by the state of the
+                                        task the router chose from its prompt (jumplora.routed)
+    routing                             at the latest row: {from_prompt, from_text: inputs routed to their
+                                        own task per task (%), outside: no learned task's (%),
+                                        confusion: [true task][chosen task] counts, from the prompt}
     resumes                             [{after_task, changed: {key: {was, now}}}] per resume
     config_key                          a single-task baseline's settings (its cache key)
     data_sha256                         per task and split, the SHA-256 of its data (Task.fingerprints)
@@ -39,7 +44,7 @@ from jumplora.errors import JumploraError
 from jumplora.files import json_sha256, write_json
 
 OPTIONAL = ("rank_accuracy_matrix", "rank_metrics", "chosen_lambda", "lambda_search", "resumes", "config_key",
-            "data_sha256", "lambda_balance")
+            "data_sha256", "lambda_balance", "routed_accuracy_matrix", "routed_metrics", "routing")
 
 
 def _empty_matrix(tasks: list[str]) -> list[list]:
@@ -76,6 +81,9 @@ class RunRecord:
     config_key: dict | None = None
     data_sha256: dict[str, dict[str, str]] | None = None
     lambda_balance: dict[str, dict] | None = None
+    routed_accuracy_matrix: list[list[float | None]] | None = None
+    routed_metrics: dict | None = None
+    routing: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.answer_origins:
@@ -91,6 +99,10 @@ class RunRecord:
     @property
     def rank_accuracy(self) -> np.ndarray | None:
         return None if self.rank_accuracy_matrix is None else _matrix(self.rank_accuracy_matrix, self.tasks)
+
+    @property
+    def routed_accuracy(self) -> np.ndarray | None:
+        return None if self.routed_accuracy_matrix is None else _matrix(self.routed_accuracy_matrix, self.tasks)
 
     @property
     def complete(self) -> bool:
@@ -109,6 +121,7 @@ class RunRecord:
 
         self.accuracy_matrix = grow(self.accuracy_matrix)
         self.rank_accuracy_matrix = grow(self.rank_accuracy_matrix)
+        self.routed_accuracy_matrix = grow(self.routed_accuracy_matrix)
         self.answer_origins = grow(self.answer_origins)
         self.single_task_accuracy = None  # computed again for the whole stream when asked for
         self.dropped = {**self.dropped, **{name: dropped[name] for name in tasks[len(self.tasks):]}}
@@ -130,6 +143,16 @@ class RunRecord:
         self.single_task_accuracy = single_task
         self.metrics = metrics.run_metrics(accuracy, t + 1, single_task)
         self.finished_tasks = t + 1
+        if row.routed is not None:
+            self._add_routed(t, row.routed, accuracy.shape)
+
+    def _add_routed(self, t: int, routed, shape) -> None:
+        matrix = self.routed_accuracy if self.routed_accuracy is not None else np.full(shape, np.nan)
+        matrix[t, : t + 1] = routed.accuracy
+        self.routed_accuracy_matrix = metrics.accuracy_matrix_to_json(matrix)
+        self.routed_metrics = metrics.run_metrics(matrix, t + 1)
+        self.routing = {"from_prompt": _numbers(routed.routing["prompt"]), "from_text": _numbers(routed.routing["text"]),
+                        "outside": _numbers(routed.outside), "confusion": routed.confusion}
 
     def add_training(self, label: str, trained, eval_seconds: float) -> None:
         """How task ``label`` trained (a ``train.TaskTraining``): its loss curve and its timing."""
@@ -196,6 +219,10 @@ class RunRecord:
         write_json(Path(path), {**values, "sha256": json_sha256(values)})
 
 
+def _numbers(values) -> list[float | None]:
+    return [None if v is None or np.isnan(v) else float(v) for v in values]
+
+
 def _matrix(rows, tasks: list[str]) -> np.ndarray:
     return metrics.accuracy_matrix_from_json(rows if rows is not None else _empty_matrix(tasks))
 
@@ -221,6 +248,10 @@ SHAPES = {
     ("gate",): ("map", ("map", ("map", ("map", NUMBER)))),
     ("data_sha256",): ("map", ("map", TEXT)),
     ("lambda_balance",): ("map", ("map", OPTIONAL_NUMBER)),
+    ("routed_accuracy_matrix",): ("list", ("list", OPTIONAL_NUMBER)),
+    ("routing", "from_prompt"): ("list", OPTIONAL_NUMBER),
+    ("routing", "from_text"): ("list", OPTIONAL_NUMBER),
+    ("routing", "confusion"): ("list", ("list", NUMBER)),
 }
 
 

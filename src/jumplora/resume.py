@@ -19,6 +19,8 @@ from jumplora.errors import JumploraError
 from jumplora.record import RunRecord
 from jumplora.run_folder import OutputFolder, RunFolder
 
+ROUTE_PREFIX = "route/"  # the routers' statistics in a checkpoint: route/<view>/<task>/...
+
 # Settings that decide where and how fast a run goes, not what it learns: a resume may change them
 # without --force (a run started on one machine can finish on another, compiled or not). Every
 # change is recorded in results.json under "resumes".
@@ -68,10 +70,10 @@ def finished_record(folder: RunFolder, tasks: list[str]) -> RunRecord | None:
     return record
 
 
-def restore(checkpoint: Path, folder: RunFolder, ctx, spec) -> tuple[int, RunRecord, list, list[dict]]:
+def restore(checkpoint: Path, folder: RunFolder, ctx, spec) -> tuple[int, RunRecord, list, list[dict], dict]:
     """(first unfinished task, the record so far, the JumpLoRA masks so far, the update ledger's
-    entries) from a checkpoint: the model's weights, the method's state and the RNG states are
-    restored. The checkpoint must be the one its folder name says, and every update the run has
+    entries, the routers' tensors) from a checkpoint: the model's weights, the method's state and
+    the RNG states are restored. The checkpoint must be the one its folder name says, and every update the run has
     made so far must be in the ledger with its own hash, task and index."""
     model_state, tensors, info = load_checkpoint(checkpoint)
     index, record = info["index"], RunRecord.from_json(info["results"], checkpoint)
@@ -79,7 +81,8 @@ def restore(checkpoint: Path, folder: RunFolder, ctx, spec) -> tuple[int, RunRec
         raise JumploraError(f"checkpoint {checkpoint} says task {index} with {record.finished_tasks} finished, which its "
                             "name does not: it was edited or moved; delete it to resume from the one before")
     rng = {k: v for k, v in tensors.items() if k.startswith("rng/")}
-    ctx.strategy.restore({k: v for k, v in tensors.items() if not k.startswith("rng/")}, set(model_state))
+    routers = {k: v for k, v in tensors.items() if k.startswith(ROUTE_PREFIX)}
+    ctx.strategy.restore({k: v for k, v in tensors.items() if k not in rng and k not in routers}, set(model_state))
     # The weights the checkpoint left out must be the freshly loaded base model's.
     base = info.get("base", {})  # absent from checkpoints that kept every weight
     check_base(ctx.model.state_dict(), base, checkpoint)
@@ -97,7 +100,7 @@ def restore(checkpoint: Path, folder: RunFolder, ctx, spec) -> tuple[int, RunRec
     if spec.jump:
         masks = [TaskUpdate.load(folder.ledger.path(entry)).masks() for entry in entries]
     restore_rng(rng, info["rng"])
-    return index + 1, record, masks, entries
+    return index + 1, record, masks, entries, routers
 
 
 def checked_ledger(folder: RunFolder, record: RunRecord, merged: list[int]) -> list[dict]:

@@ -15,8 +15,9 @@ and Σ_i ‖x_i − μ_t‖⁴, from which S and s follow exactly (tests check t
 ``sklearn.covariance.ledoit_wolf`` on the pooled centred features).
 
 An input farther from every task than that task's own held-out inputs were is "no learned task":
-each task keeps the 99th percentile of d_t² over its dev inputs (its training inputs when it has
-none), measured when it was added; beyond it for every task, :meth:`Router.route` says -1.
+each task keeps the 99th percentile of d_t² over its dev inputs and over its training inputs, each
+measured by a router fitted without its fold (5 folds: a router fitted on a point understates its
+distance), taken when it was added; beyond it for every task, :meth:`Router.route` says -1.
 
 Features: the mean-pooled, L2-normalised last hidden state of a small sentence encoder that no task
 changes (``FeatureEncoder``: all-minilm-l6-v2, bundled), of the whole prompt or of the text alone.
@@ -61,14 +62,29 @@ class Router:
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise JumploraError(f"task {name} needs at least 2 training inputs for the router, got {len(x)}")
-        mean = x.mean(0)
-        centred = x - mean
-        stats = TaskStatistics(name, len(x), mean, centred.T @ centred, float(((centred ** 2).sum(1) ** 2).sum()))
+        stats = _statistics(name, x)
         self.tasks = [t for t in self.tasks if t.name != name] + [stats]
         self._inverse = None
-        calibration = np.asarray(held_out if held_out is not None and len(held_out) else x, dtype=np.float64)
-        stats.threshold = float(np.percentile(self.distances(calibration)[:, -1], OUTSIDE_QUANTILE))
+        distances = list(self._held_out_distances(x))
+        if held_out is not None and len(held_out):
+            distances += list(self.distances(np.asarray(held_out, dtype=np.float64))[:, -1])
+        stats.threshold = float(np.percentile(distances, OUTSIDE_QUANTILE))
         return stats
+
+    def _held_out_distances(self, x: np.ndarray, folds: int = 5) -> np.ndarray:
+        """d² of each training input of the task just added, from a router fitted without its fold
+        (the task's mean and the shared Σ both): what a new input of the task would measure, which
+        a router fitted on the input itself understates."""
+        order = np.random.default_rng(0).permutation(len(x))
+        out = np.empty(len(x))
+        others = self.tasks[:-1]
+        for part in np.array_split(order, min(folds, len(x))):
+            rest = x[np.setdiff1d(order, part)]
+            if len(rest) < 2:
+                rest = x
+            without = Router([*others, _statistics(self.tasks[-1].name, rest)])
+            out[part] = without.distances(x[part])[:, -1]
+        return out
 
     def remove(self, name: str) -> None:
         """Forget a task (a rollback): the shared covariance is rebuilt from the others' statistics."""
@@ -120,28 +136,34 @@ class Router:
 
     # -- saving --------------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """Tensors under ``router/`` (a checkpoint's, a model folder's), with the task order."""
+    def state(self, prefix: str = PREFIX) -> dict[str, torch.Tensor]:
+        """Tensors under ``prefix`` (a checkpoint's, a model folder's), with the task order."""
         out = {}
         for i, t in enumerate(self.tasks):
-            key = f"{PREFIX}{i:03d}/"
+            key = f"{prefix}{i:03d}/"
             out.update({key + "count": torch.tensor(t.count), key + "mean": torch.from_numpy(t.mean),
-                        key + "scatter": torch.from_numpy(t.scatter), key + "fourth": torch.tensor(t.fourth),
+                        key + "scatter": torch.from_numpy(t.scatter), key + "fourth": torch.tensor(t.fourth, dtype=torch.float64),
                         key + "threshold": torch.tensor(t.threshold, dtype=torch.float64),
                         key + "name": torch.tensor(list(t.name.encode()), dtype=torch.uint8)})
         return out
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor]) -> Router:
-        indices = sorted({k[len(PREFIX):].split("/")[0] for k in tensors if k.startswith(PREFIX)})
+    def from_state(cls, tensors: dict[str, torch.Tensor], prefix: str = PREFIX) -> Router:
+        indices = sorted({k[len(prefix):].split("/")[0] for k in tensors if k.startswith(prefix)})
         tasks = []
         for index in indices:
-            key = f"{PREFIX}{index}/"
+            key = f"{prefix}{index}/"
             tasks.append(TaskStatistics(
                 bytes(tensors[key + "name"].tolist()).decode(), int(tensors[key + "count"]),
                 tensors[key + "mean"].double().numpy(), tensors[key + "scatter"].double().numpy(),
                 float(tensors[key + "fourth"]), float(tensors[key + "threshold"])))
         return cls(tasks)
+
+
+def _statistics(name: str, x: np.ndarray) -> TaskStatistics:
+    mean = x.mean(0)
+    centred = x - mean
+    return TaskStatistics(name, len(x), mean, centred.T @ centred, float(((centred ** 2).sum(1) ** 2).sum()))
 
 
 class FeatureEncoder:

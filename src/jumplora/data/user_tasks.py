@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jumplora.data.records import examples_from_records, keep_labelled, read_records
-from jumplora.data.tasks import SPLITS, Example, Task, stratified_split
+from jumplora.data.tasks import MAX_LABELS, SPLITS, Example, Task, stratified_split
 from jumplora.errors import JumploraError
 from jumplora.settings import read_yaml, shorten
 
@@ -103,6 +103,8 @@ def rare_labels(name: str, examples: list[Example]) -> list[str]:
     from collections import Counter
 
     counts = Counter(example.label for example in examples)
+    if len(counts) > MAX_LABELS:  # refused when the task is made, with the bound: nothing to compare
+        return []
     notes = []
     for label, count in sorted(counts.items()):
         if count < 3 or count < 0.01 * len(examples):

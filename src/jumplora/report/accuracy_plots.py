@@ -12,14 +12,16 @@ from jumplora.report.load import Run
 from jumplora.report.style import by_method, legend_below, new_figure, save
 
 
-def accuracy_heatmap(run: Run, folder: Path, filename: str) -> Figure:
-    """a[t, i] as a T x T heatmap, each measured cell annotated with its value."""
+def accuracy_heatmap(run: Run, folder: Path, filename: str, routed: bool = False) -> Figure:
+    """a[t, i] as a T x T heatmap, each measured cell annotated with its value (``routed``: the
+    routed task states' matrix)."""
     tasks = run.stream.tasks
     T = len(tasks)
+    matrix = run.record.routed_accuracy if routed else run.accuracy
     side = max(6.0, 2.5 + 0.45 * T)
     canvas, ax = new_figure((side, side * 0.75))
-    image = ax.imshow(np.ma.masked_invalid(run.accuracy), cmap="viridis", vmin=0, vmax=100)
-    for (t, i), value in np.ndenumerate(run.accuracy):
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0, vmax=100)
+    for (t, i), value in np.ndenumerate(matrix):
         if not np.isnan(value):
             ax.text(i, t, f"{value:.1f}", ha="center", va="center", fontsize=9 if T <= 6 else 6,
                     color="white" if value < 60 else "black")
@@ -28,11 +30,36 @@ def accuracy_heatmap(run: Run, folder: Path, filename: str) -> Figure:
     ax.set_xlabel("evaluated on task")
     ax.set_ylabel("after training task")
     canvas.colorbar(image, ax=ax, label="accuracy (%)")
-    ax.set_title(f"Accuracy matrix: {run.method}, seed {run.seed} ({run.stream.label})")
+    kind = "Routed accuracy matrix" if routed else "Accuracy matrix"
+    ax.set_title(f"{kind}: {run.method}, seed {run.seed} ({run.stream.label})")
     caption = (f"Test accuracy (%) of {run.method}, seed {run.seed}, on {run.stream.label}: row t after training "
                "task t, column i evaluated on task i; blank cells were not measured.")
+    if routed:
+        caption += (" Each input answered by the state of the task the router picked from its prompt (the merged "
+                    "model where it picked none).")
     if not run.complete:
         caption += f" Incomplete run: {run.finished} of {T} tasks trained."
+    return save(canvas, folder, filename, caption)
+
+
+def routing_confusion(run: Run, folder: Path, filename: str) -> Figure:
+    """Where the router sent each task's test inputs after the last task (from the prompt), in % of them."""
+    tasks = run.stream.tasks
+    counts = np.array(run.record.routing["confusion"], dtype=float)
+    share = 100 * counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    side = max(5.0, 2.5 + 0.45 * len(tasks))
+    canvas, ax = new_figure((side, side * 0.8))
+    image = ax.imshow(share, cmap="magma", vmin=0, vmax=100)
+    for (t, i), value in np.ndenumerate(share):
+        ax.text(i, t, f"{value:.0f}", ha="center", va="center", fontsize=9, color="white" if value < 60 else "black")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set(xlabel="routed to the state of", ylabel="test input of", title=f"Routing: {run.method}, seed {run.seed}")
+    canvas.colorbar(image, ax=ax, label="% of the task's inputs")
+    outside = run.record.routing.get("outside") or []
+    caption = (f"Where the router sent the test inputs of each task after the last task of {run.stream.label} "
+               "(from the whole prompt), in % of the task's inputs; the rest of a row is inputs called no learned "
+               "task's (" + ", ".join(f"{t} {o:.0f}%" for t, o in zip(tasks, outside) if o is not None) + ").")
     return save(canvas, folder, filename, caption)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jumplora.errors import JumploraError
 from jumplora.report import document
-from jumplora.report.accuracy_plots import accuracy_heatmap, bwt_radial, jumplora_vs_base
+from jumplora.report.accuracy_plots import accuracy_heatmap, bwt_radial, jumplora_vs_base, routing_confusion
 from jumplora.report.curve_plots import loss_curves, threshold_trace
 from jumplora.report.document import Block, Heading, Paragraph
 from jumplora.report.load import Run, load_runs
@@ -32,6 +32,7 @@ from jumplora.report.tables import (
     method_sort_key,
     methods,
     oa_table,
+    routed_table,
     runs_table,
     stream_sort_key,
     transfer_table,
@@ -66,7 +67,7 @@ def build_report(run_dirs: list[Path], output: Path) -> Path:
 def _remove_stale_figures(output: Path, written: set[str]) -> None:
     """Delete figures of an earlier report in ``output`` that this one did not redraw (a run or a
     stream that is no longer included), so the folder holds one report. Other files are kept."""
-    names = "|".join(["accuracy", *(name for name, _ in STREAM_FIGURES)])
+    names = "|".join(["accuracy", "accuracy_routed", "routing", *(name for name, _ in STREAM_FIGURES)])
     ours = re.compile(rf"({names})[_.].*\.png")
     for path in output.glob("*.png"):
         if path.name not in written and ours.fullmatch(path.name):
@@ -99,9 +100,11 @@ def _tables(runs: list[Run]) -> list[Block]:
               Heading("Table 2: backward and forward transfer"), transfer_table(runs),
               Heading("Table 3: JumpLoRA + ELLA ablation")]
     blocks.append(ablation or Paragraph("No complete jumplora+ella run: the ablation table is omitted."))
-    generative, gate = generative_table(runs), gate_table(runs)
+    generative, gate, routed = generative_table(runs), gate_table(runs), routed_table(runs)
     if generative is not None:
         blocks += [Heading("Generated and ranked answers"), generative]
+    if routed is not None:
+        blocks += [Heading("The merged model and the routed task states"), routed]
     if gate is not None:
         blocks += [Heading("The gate per task"), gate]
     return [*blocks, Heading("Runs"), runs_table(runs)]
@@ -120,6 +123,9 @@ def _figures(runs: list[Run], output: Path) -> list[Block]:
         for run in members:
             name = f"accuracy{suffix}_{_slug(run.method)}_seed{run.seed}.png"
             blocks.append(accuracy_heatmap(run, output, name))
+            if run.record.routed_accuracy_matrix is not None and run.complete:
+                blocks.append(accuracy_heatmap(run, output, name.replace("accuracy", "accuracy_routed", 1), routed=True))
+                blocks.append(routing_confusion(run, output, name.replace("accuracy", "routing", 1)))
     return blocks
 
 

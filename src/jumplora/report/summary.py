@@ -19,6 +19,8 @@ def summary_table(records: list[RunRecord], output: str | None = None) -> str:
     lines = []
     for record in records:
         lines += ["", *accuracy_block(record)]
+        if record.routed_accuracy_matrix is not None:
+            lines += [*accuracy_block(record, routed=True), routing_line(record)]
     lines += ["", *metrics_block(records)]
     verdicts = [verdict(method, records) for method in dict.fromkeys(r.method for r in records)]
     lines += [line for line in verdicts if line]
@@ -32,27 +34,42 @@ def summary_table(records: list[RunRecord], output: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def accuracy_block(record: RunRecord) -> list[str]:
-    """The accuracy matrix with full task names; row t: after training task t."""
+def accuracy_block(record: RunRecord, routed: bool = False) -> list[str]:
+    """The accuracy matrix with full task names; row t: after training task t (``routed``: the
+    routed task states' matrix)."""
     names = record.tasks
     label = max(len("after ") + len(n) for n in names)
     widths = [max(len(n), 6) for n in names]
-    lines = [f"{record.method}, seed {record.seed}: test accuracy (%) after each task",
+    title = "routed task states, " if routed else ""
+    lines = [f"{record.method}, seed {record.seed}: {title}test accuracy (%) after each task",
              " " * label + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
-    for t, row in enumerate(record.accuracy_matrix or []):
+    for t, row in enumerate((record.routed_accuracy_matrix if routed else record.accuracy_matrix) or []):
         if any(v is not None for v in row):
             cells = "  ".join(("" if v is None else f"{v:.1f}").rjust(w) for v, w in zip(row, widths))
             lines.append(f"after {names[t]}".ljust(label) + "  " + cells)
     return lines
 
 
+def routing_line(record: RunRecord) -> str:
+    """Inputs routed to their own task after the last task, from the prompt and from the text alone."""
+    routing = record.routing or {}
+
+    def cells(values) -> str:
+        return ", ".join("—" if v is None else f"{v:.0f}" for v in values or [])
+
+    return (f"routed to their own task (%), from the prompt: {cells(routing.get('from_prompt'))}; from the text "
+            f"alone: {cells(routing.get('from_text'))}")
+
+
 COLUMNS = [("OA (%)", "oa"), ("BWT (pp)", "bwt"), ("FWT (pp)", "fwt"), ("sparsity (%)", "sparsity"),
            ("overlap (%)", "overlap")]
 
 
-# Shown only when some run has them: the options ranked by likelihood (--also-rank).
+# Shown only when some run has them: the options ranked by likelihood (--also-rank); the routed
+# task states (--route).
 RANK_COLUMNS = [("OA ranked (%)", "rank_oa"), ("BWT ranked (pp)", "rank_bwt")]
-SIGNED = ("bwt", "fwt", "rank_bwt")
+ROUTED_COLUMNS = [("OA routed (%)", "routed_oa"), ("BWT routed (pp)", "routed_bwt")]
+SIGNED = ("bwt", "fwt", "rank_bwt", "routed_bwt")
 
 
 def run_values(record: RunRecord) -> dict[str, float | None]:
@@ -60,9 +77,10 @@ def run_values(record: RunRecord) -> dict[str, float | None]:
     Jaccard overlap with earlier tasks (percent) of one run."""
     overlap = [v for v in record.jaccard.get("mean_with_previous", []) if v is not None]
     sparsity = list(record.mean_sparsity.values())
-    ranked = record.rank_metrics or {}
+    ranked, routed = record.rank_metrics or {}, record.routed_metrics or {}
     return {**{k: record.metrics.get(k) for k in ("oa", "bwt", "fwt")},
             "rank_oa": ranked.get("oa"), "rank_bwt": ranked.get("bwt"),
+            "routed_oa": routed.get("oa"), "routed_bwt": routed.get("bwt"),
             "sparsity": 100 * float(np.mean(sparsity)) if sparsity else None,
             "overlap": 100 * float(np.mean(overlap)) if overlap else None}
 
@@ -82,7 +100,8 @@ def metrics_block(records: list[RunRecord]) -> list[str]:
     by_method: dict[str, list[dict]] = {}
     for record in records:
         by_method.setdefault(record.method, []).append(run_values(record))
-    columns = COLUMNS[:3] + (RANK_COLUMNS if any(r.rank_metrics for r in records) else []) + COLUMNS[3:]
+    columns = COLUMNS[:3] + (RANK_COLUMNS if any(r.rank_metrics for r in records) else []) \
+        + (ROUTED_COLUMNS if any(r.routed_metrics for r in records) else []) + COLUMNS[3:]
     rows = [[method] + [spread([v[key] for v in values], signed=key in SIGNED) for _, key in columns]
             for method, values in by_method.items()]
     header = ["method"] + [name for name, _ in columns]
@@ -95,7 +114,9 @@ def metrics_block(records: list[RunRecord]) -> list[str]:
               "from when it was learned to the end (negative = forgetting); FWT needs --single-task-baselines; "
               "sparsity: zeros of the merged JumpLoRA updates; overlap: their Jaccard index with earlier tasks'"
               + ("; ranked: the same, answers chosen as the most likely option (--also-rank)"
-                 if any(r.rank_metrics for r in records) else ""))
+                 if any(r.rank_metrics for r in records) else "")
+              + ("; routed: each input answered by the weights as they were after the task a router picks from "
+                 "its prompt (jumplora's second mode, not the paper's)" if any(r.routed_metrics for r in records) else ""))
     return [fmt(header), *map(fmt, rows), legend]
 
 

@@ -139,6 +139,34 @@ def generative_table(runs: list[Run]) -> Table | None:
     return Table(header, rows, caption, text_columns=2)
 
 
+def routed_table(runs: list[Run]) -> Table | None:
+    """The merged model against the routed task states (jumplora's second mode), and how often the
+    router picked each input's own task. None when no complete run was routed."""
+    routed = [run for run in runs if run.complete and run.record.routed_accuracy_matrix]
+    if not routed:
+        return None
+    values: dict[tuple, list[list]] = {}
+    for run in routed:
+        mode = metrics.run_metrics(run.record.routed_accuracy, run.finished)
+        routing = run.record.routing or {}
+        share = [float(np.nanmean([v if v is not None else np.nan for v in routing.get(view) or [np.nan]]))
+                 for view in ("from_prompt", "from_text")]
+        cells = [run_metrics(run)["oa"], run_metrics(run)["bwt"], mode["oa"], mode["bwt"], *share]
+        values.setdefault((run.stream.label, run.method), []).append(cells)
+    rows = []
+    for (stream, method), cells in sorted(values.items(), key=lambda kv: (kv[0][0], method_sort_key(kv[0][1]))):
+        rows.append([stream, method, *(_cell(summarize([v for v in column if not np.isnan(v)])) for column in zip(*cells))])
+    header = ["Stream", "Method", "OA merged", "BWT merged", "OA routed", "BWT routed", "routed right from the prompt %",
+              "routed right from the text %"]
+    caption = ("Merged: the paper's single model, every update merged. Routed: each test input answered, with its "
+               "task's prompt, by the weights as they were right after the task a router picks from the prompt "
+               "(jumplora's second mode, not the paper's method; per-task statistics of sentence-encoder features, "
+               "no examples kept). The last two columns: inputs routed to their own task, from the whole prompt "
+               "(whose instruction and options nearly name the task) and from the text alone. Mean ± sample std "
+               "over seeds.")
+    return Table(header, rows, caption, text_columns=2)
+
+
 def foreign_answers(run: Run) -> tuple[float | None, float | None]:
     """Percent of the generated answers for tasks 0..T-2 after the last task that are another task's
     label, and that are no task's label (None without the record)."""
