@@ -1,11 +1,13 @@
 """How much of the tasks' update survives GGUF export, for each type the changed tensors are written in.
 
-    python benchmarks/gguf_precision.py --json gguf-precision.json                    # ~4 min on 2 cores
+    python benchmarks/gguf_precision.py --json gguf-precision.json                    # ~8 min on 2 cores
+    python benchmarks/gguf_precision.py --epochs 10 --json gguf-precision-e10.json     # a larger update
     python benchmarks/gguf_precision.py --model-folder runs/x/jumplora+inclora/seed0/model --json p.json
     python benchmarks/gguf_precision.py --quick                                        # no accuracy columns
 
 Without --model-folder a small model is trained first, in a temporary folder: SmolLM2-135M (its
-Q4_1 GGUF file), one sport/food task of 16 training sentences, jumplora+inclora, batch 4. Each
+Q4_1 GGUF file), one sport/food task of 16 training sentences, jumplora+inclora, batch 4, one epoch
+(4 steps; --epochs N for more, hence a larger update). Each
 gguf_type of jumplora.export_gguf (source = Q4_1 here, q8_0, f16, f32) is then exported and read
 back as transformers' GGUF loader reads it. Per type, over the adapted tensors (the keys of the
 folder's states/base.safetensors):
@@ -49,7 +51,7 @@ FOOD = ["The soup was made with fresh tomatoes and basil.", "She baked a chocola
         "The pie was filled with cherries and cream.", "He made an omelette with mushrooms."]
 
 
-def train_model(workdir: Path) -> Path:
+def train_model(workdir: Path, epochs: int) -> Path:
     """A small SmolLM2 model folder: one sport/food task, 8 + 8 training and 4 + 4 test sentences."""
     from jumplora.cli import main
 
@@ -59,7 +61,7 @@ def train_model(workdir: Path) -> Path:
     (workdir / "tasks.json").write_text(json.dumps([{"name": "t", "path": "t.jsonl", "instruction": "Sport or food?"}]))
     code = main(["run", "--model", "smollm2-135m", "--task-file", str(workdir / "tasks.json"), "--method",
                  "jumplora+inclora", "--output", str(workdir / "run"), "--batch-size", "4",
-                 "--max-source-length", "64", "--no-route"])
+                 "--max-source-length", "64", "--no-route", "--epochs", str(epochs)])
     if code != 0:
         raise SystemExit(f"the training run failed (exit code {code})")
     return workdir / "run" / "jumplora+inclora" / "seed0" / "model"
@@ -90,15 +92,19 @@ def answers(model_path: str, folder: ModelFolder) -> tuple[float, list[str]]:
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], dtype=False)
     p.add_argument("--model-folder", type=Path, help="a model folder whose base is a GGUF file (default: train one)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of the model trained without --model-folder")
     args = p.parse_args()
     device = common.check_device(args)  # the export and the dequantising run on the CPU; --device is recorded
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        folder = ModelFolder(args.model_folder or train_model(workdir))
+        folder = ModelFolder(args.model_folder or train_model(workdir, args.epochs))
         manifest = folder.verify()
         source = base_gguf(manifest, folder.path)
         from safetensors.torch import load_file
 
+        if not folder.base_state.is_file():
+            raise SystemExit(f"{folder.path} has no {folder.base_state.name}: the update is measured against the "
+                             "state 0 that methods with a fresh adapter per task keep (inclora, jumplora+inclora)")
         base = load_file(str(folder.base_state))
         names = [f"{n}.weight" for n in base]
         merged = {}

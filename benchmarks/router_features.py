@@ -20,36 +20,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-import torch
-
 import common
 from jumplora.data.stream import StreamConfig, resolve_stream
-from jumplora.families import load_model
 from jumplora.routing import FeatureEncoder, Router
-
-
-class StateZero:
-    """The causal model's own features: its last hidden state, mean-pooled and normalised."""
-
-    def __init__(self, model: str = "smollm2-135m", max_length: int = 128, batch_size: int = 16) -> None:
-        self.model, self.tokenizer, _ = load_model(model, family="causal")
-        self.model.eval()
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.max_length, self.batch_size = max_length, batch_size
-
-    @torch.inference_mode()
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            hidden = self.model.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).double().numpy())
-        return np.concatenate(out)
 
 
 def measure(encode, tasks, view) -> dict:
@@ -81,7 +54,8 @@ def main() -> None:
                                         max_test_per_task=test, prompt_format="authors"))
     views = {"prompt": lambda task, e: task.prompt(e.sentence), "text": lambda task, e: e.sentence}
     rows = [common.metadata(device, "fp32", train=train, test=test, tasks=[t.name for t in tasks])]
-    encoders = {"minilm": FeatureEncoder, "smollm2 state 0": StateZero}
+    encoders = {"minilm": FeatureEncoder,
+                "smollm2 state 0": lambda: FeatureEncoder("smollm2-135m", max_length=128, batch_size=16, family="causal")}
     for name, make in encoders.items():
         encode = make()
         for view, text_of in views.items():

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from _cli import last_error
 from _models import save, tiny_llama
 from _results import fake_results, read_run, write_run
 from _streams import ROWS, write_tasks
@@ -37,12 +38,6 @@ def args(setup, output, *methods, extra=()):
     methods = methods or ("inclora",)
     return ["run", "--model", str(setup / "model"), "--task-file", str(setup / "tasks.json"),
             *[a for m in methods for a in ("--method", m)], "--output", str(output), "--batch-size", "4", *extra]
-
-
-def last_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()
-    assert err and err[-1].startswith("jumplora: error:") and "Traceback" not in "\n".join(err), err
-    return err[-1]
 
 
 # `jumplora run` (argv[2:]) in a process that, once the final model's config.json is written in the

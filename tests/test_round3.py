@@ -4,7 +4,6 @@ one line `jumplora: error: ...`, exit 2, nothing half-written, nothing outside t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -14,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _cli import last_error
 from _models import save, tiny_llama
 from _results import fake_results, read_run, write_run
 from _streams import ROWS, write_tasks
@@ -22,12 +22,6 @@ from jumplora.errors import JumploraError
 from jumplora.run_folder import OutputLock
 
 METHOD = "jumplora+inclora"
-
-
-def last_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()
-    assert err and err[-1].startswith("jumplora: error:") and "Traceback" not in "\n".join(err), err
-    return err[-1]
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
-"""The command line: ``jumplora run | list | sweep | report | predict | evaluate | teach | rollback | apply``.
+"""The command line: ``jumplora run | list | sweep | report | predict | evaluate | teach | export | rollback | apply``.
 
 ``run`` trains a stream (or resumes or extends one), ``sweep`` runs orders × methods × seeds,
 ``report`` draws tables and figures from results, ``predict`` and ``evaluate`` use a trained model
-folder, ``teach`` teaches it more tasks, ``rollback`` and ``apply`` take a task's update out of a
+folder, ``teach`` teaches it more tasks, ``export`` writes it as a GGUF file, ``rollback`` and ``apply`` take a task's update out of a
 model or put one in, ``list`` names what is available. Exit codes: 0 done, 2 a problem the user can
 fix (one line), 3 ``teach --max-forgetting`` refused the new version, 130 interrupted. A :class:`JumploraError` (a problem the user can fix) is printed as one
 line and exits with code 2; anything else is a bug and keeps its traceback.
@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for report.md, report.html and the PNGs (default: %(default)s)")
     add_use_commands(sub)
     add_teach_command(sub)
+    export = sub.add_parser("export", help="write a model whose base is a GGUF file as a GGUF file (llama.cpp, Ollama)",
+                            description="The tensors no task changed are the source file's own bytes; the changed "
+                                        "ones carry the merged weights in --gguf-type; the metadata gains jumplora.* "
+                                        "keys (tasks, ledger, prompt).")
+    export.add_argument("model", metavar="MODEL", help="a model folder written by jumplora from a .gguf base")
+    export.add_argument("--gguf", required=True, type=Path, metavar="OUT.gguf", help="the file to write")
+    from jumplora.export_gguf import GGUF_TYPES
+
+    export.add_argument("--gguf-type", default=None, choices=GGUF_TYPES,
+                        help="how the changed tensors are stored (default: f16: keeps the update within a few "
+                             "percent; source requantises to the base's type, e.g. Q4_1, and loses most of it)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT.gguf")
     rollback = sub.add_parser("rollback", help="write a model without one task's update (exact)")
     rollback.add_argument("run_dir", metavar="MODEL|RUN", help="a model folder, or OUTPUT/<method>/seed<k> of a "
                                                                "finished run (or OUTPUT when it holds one method and seed)")
@@ -218,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             _evaluate(args)
         elif args.command == "teach":
             return _teach(args)
+        elif args.command == "export":
+            from jumplora.export_gguf import DEFAULT_GGUF_TYPE, export_gguf
+
+            export_gguf(Path(args.model), args.gguf, args.gguf_type or DEFAULT_GGUF_TYPE, args.overwrite)
         else:
             from jumplora.surgery import apply_update, rollback
 

@@ -168,14 +168,19 @@ def _statistics(name: str, x: np.ndarray) -> TaskStatistics:
 
 class FeatureEncoder:
     """Features of texts for the router: the mean over the real tokens of the last hidden state of
-    a sentence encoder, L2-normalised (all-MiniLM-L6-v2's own pooling), in float64 on the CPU."""
+    a model's body, L2-normalised (all-MiniLM-L6-v2's own pooling), in float64 on the CPU. The
+    router's is the bundled sentence encoder; ``family="causal"`` takes a decoder's own body (what
+    benchmarks/router_features.py compares it with)."""
 
-    def __init__(self, model: str = "all-minilm-l6-v2", max_length: int = 256, batch_size: int = 64) -> None:
+    def __init__(self, model: str = "all-minilm-l6-v2", max_length: int = 256, batch_size: int = 64,
+                 family: str = "encoder") -> None:
         from jumplora.families import load_model
 
         self.name, self.max_length, self.batch_size = model, max_length, batch_size
-        self.model, self.tokenizer, _ = load_model(model, family="encoder")
+        self.model, self.tokenizer, _ = load_model(model, family=family)
         self.model.eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -183,7 +188,7 @@ class FeatureEncoder:
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt")
-            hidden = self.model(**batch).last_hidden_state
+            hidden = self.model.base_model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).double().numpy())

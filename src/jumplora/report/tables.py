@@ -120,15 +120,11 @@ def generative_table(runs: list[Run]) -> Table | None:
     ranked = [run for run in runs if run.complete and run.record.rank_accuracy_matrix]
     if not ranked:
         return None
-    values: dict[tuple, list[list]] = {}
-    for run in ranked:
+    def cells(run: Run) -> list:
         rank = metrics.run_metrics(run.record.rank_accuracy, run.finished)
-        foreign, text = foreign_answers(run)
-        cells = [run_metrics(run)["oa"], run_metrics(run)["bwt"], rank["oa"], rank["bwt"], foreign, text]
-        values.setdefault((run.stream.label, run.method), []).append(cells)
-    rows = []
-    for (stream, method), cells in sorted(values.items(), key=lambda kv: (kv[0][0], method_sort_key(kv[0][1]))):
-        rows.append([stream, method, *(_cell(summarize(list(column))) for column in zip(*cells))])
+        return [run_metrics(run)["oa"], run_metrics(run)["bwt"], rank["oa"], rank["bwt"], *foreign_answers(run)]
+
+    rows = _per_method(ranked, cells)
     header = ["Stream", "Method", "OA generated", "BWT generated", "OA ranked", "BWT ranked",
               "earlier tasks: another task's label %", "earlier tasks: no label %"]
     caption = ("Generated: the answer is generated and scored by exact match (the paper's protocol). Ranked: the "
@@ -145,17 +141,14 @@ def routed_table(runs: list[Run]) -> Table | None:
     routed = [run for run in runs if run.complete and run.record.routed_accuracy_matrix]
     if not routed:
         return None
-    values: dict[tuple, list[list]] = {}
-    for run in routed:
+    def cells(run: Run) -> list:
         mode = metrics.run_metrics(run.record.routed_accuracy, run.finished)
         routing = run.record.routing or {}
-        share = [float(np.nanmean([v if v is not None else np.nan for v in routing.get(view) or [np.nan]]))
+        share = [float(np.mean(values)) if (values := [v for v in routing.get(view) or [] if v is not None]) else None
                  for view in ("from_prompt", "from_text")]
-        cells = [run_metrics(run)["oa"], run_metrics(run)["bwt"], mode["oa"], mode["bwt"], *share]
-        values.setdefault((run.stream.label, run.method), []).append(cells)
-    rows = []
-    for (stream, method), cells in sorted(values.items(), key=lambda kv: (kv[0][0], method_sort_key(kv[0][1]))):
-        rows.append([stream, method, *(_cell(summarize([v for v in column if not np.isnan(v)])) for column in zip(*cells))])
+        return [run_metrics(run)["oa"], run_metrics(run)["bwt"], mode["oa"], mode["bwt"], *share]
+
+    rows = _per_method(routed, cells)
     header = ["Stream", "Method", "OA merged", "BWT merged", "OA routed", "BWT routed", "routed right from the prompt %",
               "routed right from the text %"]
     caption = ("Merged: the paper's single model, every update merged. Routed: each test input answered, with its "
@@ -165,6 +158,17 @@ def routed_table(runs: list[Run]) -> Table | None:
                "(whose instruction and options nearly name the task) and from the text alone. Mean ± sample std "
                "over seeds.")
     return Table(header, rows, caption, text_columns=2)
+
+
+def _per_method(runs: list[Run], cells: Callable[[Run], list]) -> list[list[str]]:
+    """A row per stream and method: each column of ``cells`` summarized over the runs' seeds."""
+    values: dict[tuple, list[list]] = {}
+    for run in runs:
+        values.setdefault((run.stream.label, run.method), []).append(cells(run))
+    rows = []
+    for (stream, method), columns in sorted(values.items(), key=lambda kv: (kv[0][0], method_sort_key(kv[0][1]))):
+        rows.append([stream, method, *(_cell(summarize(list(column))) for column in zip(*columns))])
+    return rows
 
 
 def foreign_answers(run: Run) -> tuple[float | None, float | None]:

@@ -1,0 +1,28 @@
+"""The README's evidence tables are what `python evidence/tables.py` builds from the kept records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from jumplora.record import RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_tables_equal_what_the_evidence_script_prints():
+    done = subprocess.run([sys.executable, str(ROOT / "evidence" / "tables.py"), "--check"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, f"README.md differs from `python evidence/tables.py`: run it with --write\n{done.stderr}"
+
+
+def test_every_kept_record_reads_and_names_no_path_of_a_machine():
+    records = sorted((ROOT / "evidence").glob("*/results.json"))
+    assert records
+    for path in records:
+        RunRecord.read(path)  # its fields and its own SHA-256
+        assert '"/' not in path.read_text(), f"{path} holds an absolute path: keep it with evidence/tables.py --collect"
+        assert path.stat().st_size < 1_000_000
+    assert json.loads(records[0].read_text())["tasks"]
