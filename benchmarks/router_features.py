@@ -1,6 +1,7 @@
 """Which features route an input to its task best: a small sentence encoder, or the model's own state 0.
 
     python benchmarks/router_features.py --json router-features.json        # SC order 1, ~20 min on 2 cores
+    python benchmarks/router_features.py --train 100 --test 50              # fewer inputs, for a busy CPU
     python benchmarks/router_features.py --quick                            # 16 train / 8 test per task
 
 For each task of SC order 1 (dbpedia, amazon, yahoo, agnews; the README's sizes: 400 training, 100
@@ -47,9 +48,11 @@ def measure(encode, tasks, view) -> dict:
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], dtype=False)
     p.add_argument("--data-dir", default=str(common.TOKENIZER.parents[1] / "data" / "cl_benchmark"))
+    p.add_argument("--train", type=int, default=400, help="training inputs per task (dev and test: --test)")
+    p.add_argument("--test", type=int, default=100, help="test (and dev) inputs per task")
     args = p.parse_args()
     device = common.check_device(args)
-    train, test = (16, 8) if args.quick else (400, 100)
+    train, test = (16, 8) if args.quick else (args.train, args.test)
     tasks = resolve_stream(StreamConfig(benchmark="sc", order=1, data_dir=args.data_dir, max_train_per_task=train,
                                         max_test_per_task=test, prompt_format="authors"))
     views = {"prompt": lambda task, e: task.prompt(e.sentence), "text": lambda task, e: e.sentence}
@@ -60,7 +63,7 @@ def main() -> None:
         encode = make()
         for view, text_of in views.items():
             result = measure(encode, tasks, text_of)
-            rows.append({"name": f"{name}, from the {view}", "gamma": None, **result})
+            rows.append({"name": f"{name}, from the {view}", "gamma": None, "ms": None, "peak_mib": None, **result})
             print(f"  {rows[-1]['name']}: {result['accuracy']}% {result['per_task']} outside {result['outside_pct']}% "
                   f"{result['ms_per_input']} ms/input", flush=True)
         del encode

@@ -79,14 +79,16 @@ def main() -> None:
         per_task = (sizes.get("updates_mb", 0) + sizes.get("states_mb", 0)) / max(len(names), 1)
         for name, took, ms in (("predict merged, task given", merged, None), ("predict states, task given", given, None),
                                ("predict routed (no task given)", routed, None), ("switch of state", None, switch_ms)):
-            row = {"name": f"{label}: {name}", "gamma": None}
+            row = {"name": f"{label}: {name}", "gamma": None, "peak_mib": None}
             if took is not None:
-                row.update(inputs_per_s=round(len(pairs) / took, 2), ratio_vs_merged=round(took / merged, 3))
+                row.update(ms=round(1000 * took, 1), inputs_per_s=round(len(pairs) / took, 2),
+                           ratio_vs_merged=round(took / merged, 3))
             else:
                 row.update(ms=round(ms, 2))
             rows.append(row)
             print(f"  {row}", flush=True)
-        rows.append({"name": f"{label}: disk", "gamma": None, "mb_per_task": round(per_task, 2),
+        rows.append({"name": f"{label}: disk", "gamma": None, "ms": None, "peak_mib": None,
+                     "mb_per_task": round(per_task, 2),
                      "weights_mb": sizes.get("weights_mb"), "states_mb": sizes.get("states_mb"),
                      "updates_mb": sizes.get("updates_mb")})
     common.report(rows, ["name", "ms", "inputs_per_s", "ratio_vs_merged", "mb_per_task", "weights_mb", "states_mb",

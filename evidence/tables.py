@@ -138,8 +138,6 @@ def label_of(name: str, record: RunRecord) -> str:
     if record.method.endswith("ella"):
         lam = config.get("ella_lambda")
         label += " λ auto" if lam == "auto" else f" λ = {lam:g}" if isinstance(lam, (int, float)) else " λ paper (3e4)"
-    if config.get("precision", "fp32") != "fp32":
-        label += f", {config['precision']}"
     return label
 
 
@@ -175,11 +173,13 @@ def matrices(prefix: str, seed: int) -> list[str]:
 
 def bf16_table() -> list[str]:
     runs = records("precision-")
-    lines = ["| precision | matrix (generated; ranked) | OA | BWT | min |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| precision | matrix (generated), rows after each task | OA | BWT | OA ranked | min |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for name, record in runs.items():
         rows = " \\| ".join(" ".join(f"{v:.0f}" for v in row[: t + 1]) for t, row in enumerate(record.accuracy))
         lines.append(f"| {record.config.get('precision', 'fp32')} | {rows} | {record.metrics['oa']:.1f} | "
-                     f"{record.metrics['bwt']:+.1f} | {record.timing['total_s'] / 60:.0f} |")
+                     f"{record.metrics['bwt']:+.1f} | {record.rank_metrics['oa']:.1f} | "
+                     f"{record.timing['total_s'] / 60:.0f} |")
     return lines
 
 

@@ -76,3 +76,27 @@ def test_main_job_runs_the_readme_command(tmp_path):
     wall = rows["main job: wall"]
     assert 0 < wall["ratio_vs_target"] < 1 and wall["seconds"] > 0
     assert not (tmp_path / "runs").exists()  # its output went to a temporary folder, deleted after
+
+
+def test_the_routing_benchmarks_run(tmp_path):
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _models import save, tiny_llama
+    from _topics import write_topic_tasks
+    from jumplora.cli import main
+
+    model, tokenizer = tiny_llama()
+    save(model, tokenizer, tmp_path / "model")
+    assert main(["run", "--model", str(tmp_path / "model"), "--task-file", str(write_topic_tasks(tmp_path)),
+                 "--method", "jumplora+inclora", "--output", str(tmp_path / "out"), "--batch-size", "8"]) == 0
+    rows = run_script("routing", tmp_path, "--model", str(tmp_path / "out" / "jumplora+inclora" / "seed0" / "model"),
+                      "--inputs", "8")
+    by_name = {row["name"].rsplit(": ", 1)[1]: row for row in rows}
+    assert by_name["predict merged, task given"]["ratio_vs_merged"] == 1.0
+    assert by_name["predict routed (no task given)"]["inputs_per_s"] > 0 and by_name["switch of state"]["ms"] > 0
+    assert by_name["disk"]["mb_per_task"] > 0
+    features = run_script("router_features", tmp_path)
+    assert [row["name"] for row in features] == [f"{encoder}, from the {view}" for encoder in
+                                                 ("minilm", "smollm2 state 0") for view in ("prompt", "text")]
+    assert all(0 <= row["accuracy"] <= 100 for row in features)

@@ -140,3 +140,16 @@ def test_the_report_shows_the_routed_matrix_and_the_routing(routed_run, tmp_path
     assert "The merged model and the routed task states" in text and "routed right from the text %" in text
     assert (tmp_path / "report" / f"routing_{METHOD}_seed0.png").is_file()
     assert (tmp_path / "report" / f"accuracy_routed_{METHOD}_seed0.png").is_file()
+
+
+def test_thresholds_follow_the_shared_covariance_and_old_routers_get_the_same():
+    rng = np.random.default_rng(1)
+    router = Router()
+    router.add("a", rng.normal(size=(60, 8)))
+    alone = router.thresholds()[0]
+    router.add("b", rng.normal(size=(60, 8)) * 3 + 5)  # a wider task: the shared Σ grows
+    assert router.thresholds()[0] < alone  # d² under the wider Σ shrink; "a"'s threshold follows
+    ratio = router.tasks[0].ratio
+    np.testing.assert_allclose(router.thresholds()[0], ratio * router.tasks[0].expected(router.inverse()))
+    state = {k: v for k, v in router.state().items() if not k.endswith("/ratio")}  # saved before ratios were
+    np.testing.assert_allclose(Router.from_state(state).thresholds(), router.thresholds(), rtol=1e-12)

@@ -15,9 +15,11 @@ and Σ_i ‖x_i − μ_t‖⁴, from which S and s follow exactly (tests check t
 ``sklearn.covariance.ledoit_wolf`` on the pooled centred features).
 
 An input farther from every task than that task's own held-out inputs were is "no learned task":
-each task keeps the 99th percentile of d_t² over its dev inputs and over its training inputs, each
-measured by a router fitted without its fold (5 folds: a router fitted on a point understates its
-distance), taken when it was added; beyond it for every task, :meth:`Router.route` says -1.
+each task's threshold is the 99th percentile of d_t² over its dev inputs and over its training
+inputs, each measured by a router fitted without its fold (5 folds: a router fitted on a point
+understates its distance), kept as a ratio to the d² a new input of the task is expected to have,
+tr(Σ⁻¹·C_t)·(1 + 1/n_t) — so that when a later task changes Σ the threshold follows it; beyond
+it for every task, :meth:`Router.route` says -1.
 
 Features: the mean-pooled, L2-normalised last hidden state of a small sentence encoder that no task
 changes (``FeatureEncoder``: all-minilm-l6-v2, bundled), of the whole prompt or of the text alone.
@@ -46,7 +48,13 @@ class TaskStatistics:
     mean: np.ndarray  # (d,)
     scatter: np.ndarray  # (d, d): Σ (x − μ)(x − μ)ᵀ
     fourth: float  # Σ ‖x − μ‖⁴
-    threshold: float = math.inf  # d² beyond which an input is not this task's
+    threshold: float = math.inf  # d² beyond which an input is not this task's, under Σ when it was added
+    ratio: float | None = None  # that threshold over the d² a new input of the task is expected to have then
+
+    def expected(self, inverse: np.ndarray) -> float:
+        """E[d²] of a new input of the task under Σ⁻¹ = ``inverse``: tr(Σ⁻¹·C)·(1 + 1/n), C its
+        covariance (the mean is estimated from n inputs)."""
+        return float(np.sum(inverse * self.scatter) / self.count * (1 + 1 / self.count))
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Router:
         if held_out is not None and len(held_out):
             distances += list(self.distances(np.asarray(held_out, dtype=np.float64))[:, -1])
         stats.threshold = float(np.percentile(distances, OUTSIDE_QUANTILE))
+        stats.ratio = stats.threshold / stats.expected(self.inverse())
         return stats
 
     def _held_out_distances(self, x: np.ndarray, folds: int = 5) -> np.ndarray:
@@ -116,12 +125,10 @@ class Router:
         """d_t(x)² of each input (rows) to each task (columns, in the order added)."""
         if not self.tasks:
             raise JumploraError("the router has no task yet")
-        if self._inverse is None:
-            self._inverse = np.linalg.inv(self.covariance())
         x = np.asarray(features, dtype=np.float64)
         means = np.stack([t.mean for t in self.tasks])
         diff = x[:, None, :] - means[None, :, :]
-        return np.einsum("ntd,de,nte->nt", diff, self._inverse, diff)
+        return np.einsum("ntd,de,nte->nt", diff, self.inverse(), diff)
 
     def route(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the index of the chosen task per input, -1 for no learned task; its confidence p(t | x))."""
@@ -130,9 +137,29 @@ class Router:
         logits = -d2 / 2
         probability = np.exp(logits - logits.max(1, keepdims=True))
         probability /= probability.sum(1, keepdims=True)
-        thresholds = np.array([t.threshold for t in self.tasks])
-        outside = (d2 > thresholds[None, :]).all(1)
+        outside = (d2 > self.thresholds()[None, :]).all(1)
         return np.where(outside, -1, chosen), probability[np.arange(len(chosen)), chosen]
+
+    def thresholds(self) -> np.ndarray:
+        """Each task's distance threshold under the current Σ: its calibrated ratio to the d² a new
+        input of the task is expected to have. A later task changes the shared Σ, and with it
+        every task's distances; the thresholds follow, so "no learned task" keeps its meaning."""
+        self._ratios()
+        return np.array([t.ratio * t.expected(self.inverse()) for t in self.tasks])
+
+    def inverse(self) -> np.ndarray:
+        """Σ⁻¹, computed once per change of the tasks."""
+        if self._inverse is None:
+            self._inverse = np.linalg.inv(self.covariance())
+        return self._inverse
+
+    def _ratios(self) -> None:
+        """A router saved before the thresholds followed Σ keeps each task's threshold under the Σ of
+        its time: the ratio is recovered from the tasks before it, in order."""
+        for index, task in enumerate(self.tasks):
+            if task.ratio is None:
+                earlier = Router(self.tasks[: index + 1])
+                task.ratio = task.threshold / task.expected(np.linalg.inv(earlier.covariance()))
 
     # -- saving --------------------------------------------------------------------------------------
 
@@ -144,6 +171,7 @@ class Router:
             out.update({key + "count": torch.tensor(t.count), key + "mean": torch.from_numpy(t.mean),
                         key + "scatter": torch.from_numpy(t.scatter), key + "fourth": torch.tensor(t.fourth, dtype=torch.float64),
                         key + "threshold": torch.tensor(t.threshold, dtype=torch.float64),
+                        key + "ratio": torch.tensor(t.ratio if t.ratio is not None else math.nan, dtype=torch.float64),
                         key + "name": torch.tensor(list(t.name.encode()), dtype=torch.uint8)})
         return out
 
@@ -156,8 +184,13 @@ class Router:
             tasks.append(TaskStatistics(
                 bytes(tensors[key + "name"].tolist()).decode(), int(tensors[key + "count"]),
                 tensors[key + "mean"].double().numpy(), tensors[key + "scatter"].double().numpy(),
-                float(tensors[key + "fourth"]), float(tensors[key + "threshold"])))
+                float(tensors[key + "fourth"]), float(tensors[key + "threshold"]),
+                _number(tensors.get(key + "ratio"))))
         return cls(tasks)
+
+
+def _number(tensor) -> float | None:
+    return None if tensor is None or math.isnan(float(tensor)) else float(tensor)
 
 
 def _statistics(name: str, x: np.ndarray) -> TaskStatistics:
