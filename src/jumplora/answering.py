@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from safetensors.torch import load_file
 
 from jumplora.data import Example
@@ -35,6 +36,7 @@ class Answer:
     way: str  # "merged" or "states"
     confidence: float | None = None  # the router's p(task | text); None when the task was given
     learned: bool = True  # False: the input is no learned task's (the merged model answered)
+    distance: float | None = None  # d² to the task over its threshold (below 1: as near as its own inputs)
 
 
 def default_way(manifest) -> str:
@@ -79,7 +81,7 @@ def answer(loaded, texts: list[str], task: str | None = None, way: str = "auto",
     size = batch_size or manifest.run.get("eval_batch_size", 64)
     if task is not None:
         manifest.task(task)  # a learned task, or a one-line error
-        routes = [(task, None, True)] * len(texts)
+        routes = [(task, None, True, None)] * len(texts)
     else:
         routes = _routes(folder, [e.task for e in held_updates(manifest.ledger)], texts)
     answers: list[Answer | None] = [None] * len(texts)
@@ -99,12 +101,14 @@ def answer(loaded, texts: list[str], task: str | None = None, way: str = "auto",
             else:
                 found = family.predict(model, asked, examples, batch_size=size)
             for i, label in zip(group, found):
-                answers[i] = Answer(texts[i], label, name, "states" if by_state else "merged", routes[i][1], learned)
+                answers[i] = Answer(texts[i], label, name, "states" if by_state else "merged", routes[i][1], learned,
+                                    routes[i][3])
     return answers
 
 
-def _routes(folder: ModelFolder, held: list[str], texts: list[str]) -> list[tuple[str, float, bool]]:
-    """(task, confidence, a learned task's) per text, from the router on the text alone."""
+def _routes(folder: ModelFolder, held: list[str], texts: list[str]) -> list[tuple[str, float, bool, float]]:
+    """(task, confidence, a learned task's, d² over the task's threshold) per text, from the router
+    on the text alone."""
     router = router_of(folder, held)
     if router is None or not router.tasks:
         raise JumploraError(f"{folder.path} has no router (a run with --no-route, a method without task states, or "
@@ -113,9 +117,12 @@ def _routes(folder: ModelFolder, held: list[str], texts: list[str]) -> list[tupl
 
     features = encoder()(texts)
     chosen, confidence = router.route(features)
-    nearest = router.distances(features).argmin(1)
+    distances = router.distances(features)
+    nearest = distances.argmin(1)
+    ratios = distances[np.arange(len(texts)), nearest] / router.thresholds()[nearest]
     names = router.names
-    return [(names[c if c >= 0 else n], float(p), bool(c >= 0)) for c, n, p in zip(chosen, nearest, confidence)]
+    return [(names[c if c >= 0 else n], float(p), bool(c >= 0), float(r))
+            for c, n, p, r in zip(chosen, nearest, confidence, ratios)]
 
 
 def routed_accuracy(loaded, task, batch_size: int) -> float:

@@ -126,7 +126,7 @@ def forgetting_table(outcome: TeachOutcome, max_forgetting: float | None) -> lis
 
     lines = [f"{'task':<{width}}  learned  before  after  change (points)"]
     for f in rows:
-        change = "not kept" if f.drop is None else f"{-f.drop:+.1f}"
+        change = "not kept" if f.drop is None else f"{0.0 - f.drop:+.1f}"
         lines.append(f"{f.task:<{width}}  {cell(f.learned):>7}  {cell(f.before):>6}  {cell(f.after):>5}  {change:>6}")
     limit = WARN_DROP if max_forgetting is None else max_forgetting
     for f in rows:
