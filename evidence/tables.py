@@ -192,10 +192,11 @@ def render() -> dict[str, str]:
 
 def readme_with(tables: dict[str, str], text: str) -> str:
     for name, table in tables.items():
-        pattern = re.compile(rf"(<!-- evidence:{re.escape(name)} -->\n).*?(\n<!-- /evidence -->)", re.S)
+        # The first closing marker after the opening one (an empty block is two adjacent lines).
+        pattern = re.compile(rf"(<!-- evidence:{re.escape(name)} -->\n).*?(<!-- /evidence -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- evidence:{name} --> ... <!-- /evidence --> block")
-        text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
     return text
 
 

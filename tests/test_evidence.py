@@ -26,3 +26,15 @@ def test_every_kept_record_reads_and_names_no_path_of_a_machine():
         assert '"/' not in path.read_text(), f"{path} holds an absolute path: keep it with evidence/tables.py --collect"
         assert path.stat().st_size < 1_000_000
     assert json.loads(records[0].read_text())["tasks"]
+
+
+def test_empty_blocks_side_by_side_are_each_filled_and_text_between_them_kept():
+    sys.path.insert(0, str(ROOT / "evidence"))
+    try:
+        import tables
+    finally:
+        sys.path.pop(0)
+    text = "<!-- evidence:a -->\n<!-- /evidence -->\nbetween\n<!-- evidence:b -->\n<!-- /evidence -->\n"
+    filled = tables.readme_with({"a": "| A |", "b": "| B |"}, text)
+    assert filled == "<!-- evidence:a -->\n| A |\n<!-- /evidence -->\nbetween\n<!-- evidence:b -->\n| B |\n<!-- /evidence -->\n"
+    assert tables.readme_with({"a": "| A |", "b": "| B |"}, filled) == filled  # rewriting changes nothing

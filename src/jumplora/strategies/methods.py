@@ -50,9 +50,11 @@ class Strategy:
         return self.regulariser.value(self.model, self.adapters, self.index)
 
     def observe(self, loss: float, total: float) -> None:
-        """After each step: the task loss and the loss with the penalty (the regulariser sees both)."""
-        if self.regulariser is not None:
-            self.regulariser.observe(loss, total - loss)
+        """After each step: the task loss and the loss with the penalty (a regulariser that has
+        ``observe`` sees both; it is optional, so a penalty written as value/remember/state is enough)."""
+        observe = getattr(self.regulariser, "observe", None)
+        if observe is not None:
+            observe(loss, total - loss)
 
     def end_task(self, fisher_losses: Iterable[torch.Tensor] = ()) -> TaskUpdate | None:
         self._remember(TaskEnd(self.index, self.model, fisher_losses=fisher_losses))

@@ -47,8 +47,8 @@ class Penalty(Protocol):
         """Keep what the next tasks are penalised against."""
 
     def observe(self, loss: float, term: float) -> None:
-        """After each step: the task loss and the term this penalty added (0.0 for none); a penalty
-        that sets its own weight from them (ELLA's λ auto) uses it, the others ignore it."""
+        """Optional. After each step: the task loss and the term this penalty added (0.0 for none);
+        a penalty that sets its own weight from them (ELLA's λ auto) defines it, others may omit it."""
 
     def state(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint must keep (keys unique to the penalty: ``<name>/...``)."""
