@@ -120,6 +120,16 @@ def test_predict_without_a_task_routes_and_a_rollback_removes_the_state(routed_r
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "rolled"), "--states", "the bank shares market profit investors bond"]) == 0
     assert capsys.readouterr().out.split("\t")[0] != "economy"  # its router entry is gone with its state
+    # Applied back, the update defines economy's state again (the same bits) and the router routes to it.
+    assert main(["apply", "--model", str(tmp_path / "rolled"), "--update", str(routed_run / "deltas" / "01-economy.safetensors"),
+                 "--output", str(tmp_path / "back")]) == 0
+    back = ModelFolder(tmp_path / "back")
+    states, names = task_states(back, back.verify())
+    assert names == ["topic", "economy"]
+    assert all(torch.equal(states.weights(1)[k], original.weights(1)[k]) for k in states.base)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "back"), "--states", "the bank shares market profit investors bond"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == "economy"
 
 
 @pytest.mark.slow
