@@ -23,7 +23,7 @@ from pathlib import Path
 from jumplora.answering import Answer, answer
 from jumplora.data import Example
 from jumplora.errors import JumploraError
-from jumplora.inference import evaluate_model, task_to_ask
+from jumplora.inference import check_texts, evaluate_model, task_to_ask
 from jumplora.manifest import LearnedTask, ModelManifest
 from jumplora.model_folder import ModelFolder, load_trained
 
@@ -31,13 +31,14 @@ from jumplora.model_folder import ModelFolder, load_trained
 class ContinualModel:
     """A model folder written by jumplora, loaded."""
 
-    def __init__(self, path: Path, model, tokenizer, family, manifest: ModelManifest) -> None:
+    def __init__(self, path: Path, model, tokenizer, family, manifest: ModelManifest, device: str = "cpu") -> None:
         self.path, self.model, self.tokenizer, self.family, self.manifest = path, model, tokenizer, family, manifest
+        self.device = device
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ContinualModel:
         """The model folder at ``path``, checked (weights, manifest, files against their SHA-256s)."""
-        return cls(Path(path), *load_trained(Path(path), device))
+        return cls(_path(path, "path"), *load_trained(_path(path, "path"), _device(device)), device=device)
 
     @property
     def tasks(self) -> list[str]:
@@ -60,11 +61,12 @@ class ContinualModel:
                labels: list[str] | None = None, way: str = "auto", batch_size: int | None = None) -> list[Answer]:
         """As :meth:`predict`, with each answer's task, way, router confidence and whether the input is a
         learned task's."""
-        if isinstance(texts, str):
-            raise JumploraError("predict takes a list of texts: wrap a single text in [ ]")
+        texts = check_texts(texts)
         if not texts:
             return []
-        size = batch_size or self.manifest.run.get("eval_batch_size", 64)
+        if labels is not None and (isinstance(labels, str) or not all(isinstance(x, str) for x in labels)):
+            raise JumploraError("labels must be a list of strings, e.g. ['yes', 'no']")
+        size = _batch_size(batch_size) or self.manifest.run.get("eval_batch_size", 64)
         if instruction is not None or labels:
             asked = task_to_ask(self.manifest, task, instruction, labels)
             found = self.family.predict(self.model, asked, [Example(t, asked.labels[0]) for t in texts], batch_size=size)
@@ -75,7 +77,13 @@ class ContinualModel:
     def evaluate(self, tasks: list[str] | None = None, batch_size: int | None = None, **data) -> dict:
         """Accuracy (%) per task: on the test examples the folder kept, or on ``data`` (the keys of
         `jumplora evaluate`: task_file, benchmark, order, data_dir)."""
-        return evaluate_model(self.path, data or None, tasks, batch_size)
+        unknown = sorted(set(data) - {"task_file", "benchmark", "order", "data_dir"})
+        if unknown:
+            raise JumploraError(f"evaluate takes no {', '.join(unknown)}: the data keys are task_file, benchmark, "
+                                "order and data_dir")
+        if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
+            raise JumploraError("tasks must be a list of task names, e.g. ['bbc_news']")
+        return evaluate_model(self.path, data or None, tasks, _batch_size(batch_size))
 
     def teach(self, task_file: str | Path | None = None, add_tasks: list[str] | None = None,
               data_dir: str | Path | None = None, max_forgetting: float | None = None,
@@ -87,20 +95,48 @@ class ContinualModel:
 
         new = {"task_file": str(task_file)} if task_file else {"tasks": add_tasks,
                                                                "data_dir": str(data_dir) if data_dir else None}
-        return teach(self.path, new, Path(output) if output else None, max_forgetting, log=log)
+        outcome = teach(self.path, new, _path(output, "output") if output else None, max_forgetting, log=log)
+        if outcome.accepted and outcome.model.resolve() == self.path.resolve():  # taught in place: this is it now
+            self.__init__(self.path, *load_trained(self.path, _device(self.device)), device=self.device)
+        return outcome
 
     def rollback(self, task: str, output: str | Path) -> ContinualModel:
         """The model without ``task``'s update (exact: state 0 plus the other updates), saved to
         ``output`` and loaded."""
         from jumplora.surgery import rollback
 
-        rollback(self.path, task, Path(output))
-        return ContinualModel.load(output)
+        rollback(self.path, task, _path(output, "output"))
+        return ContinualModel.load(output, self.device)
 
     def save(self, path: str | Path) -> ContinualModel:
         """A copy of the model folder at ``path`` (a new folder), loaded."""
-        from jumplora.files import check_new_output
+        from jumplora.files import check_new_output, check_outside
 
-        check_new_output(Path(path))
+        check_new_output(_path(path, "path"))
+        check_outside(Path(path), self.path, "path")
         shutil.copytree(self.path, path, dirs_exist_ok=True)
-        return ContinualModel.load(path)
+        return ContinualModel.load(path, self.device)
+
+
+def _path(value, name: str) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise JumploraError(f"{name} must be a path (str or pathlib.Path), got {value!r:.80}")
+    return Path(value)
+
+
+def _device(device) -> str:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise JumploraError(f"device {device!r:.80} is not a torch device: pass 'cpu', 'cuda' or 'cuda:N'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise JumploraError(f"device {device!r} asked, but this torch sees no CUDA GPU: pass 'cpu'")
+    return device
+
+
+def _batch_size(size):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise JumploraError(f"batch_size must be a whole number of at least 1, got {size!r:.80}")
+    return size

@@ -117,7 +117,8 @@ def add_teach_command(sub) -> None:
     teach.add_argument("--add-tasks", type=lambda s: [t for t in s.split(",") if t], metavar="NAMES",
                        help="new tasks by name from --data-dir, comma-separated")
     teach.add_argument("--data-dir", help="the benchmark folder of --add-tasks")
-    teach.add_argument("--output", type=Path, help="where the new version goes (default: in place of MODEL)")
+    teach.add_argument("--output", type=Path, help="a new folder for the new version, beside MODEL (default: in place "
+                       "of MODEL)")
     teach.add_argument("--max-forgetting", type=float, metavar="P",
                        help="refuse the new version (exit 3, MODEL kept) when an earlier task drops by more than P "
                             "points; without it each drop over 5 points is a warning")
@@ -125,17 +126,24 @@ def add_teach_command(sub) -> None:
 
 
 def _predict(args) -> None:
-    from jumplora.inference import predict, read_inputs, write_predictions
+    from jumplora.files import check_outside
+    from jumplora.inference import check_texts, predict, read_inputs, write_predictions
 
     if args.input and args.texts:
         raise JumploraError("pass the inputs as TEXT arguments or as --input FILE, not both")
     if args.merged and args.states:
         raise JumploraError("--merged and --states are two ways to answer: pass one of them")
     texts = read_inputs(args.input, args.text_column) if args.input else list(args.texts)
+    if texts:
+        check_texts(texts)
+    if args.output:
+        check_outside(args.output, Path(args.model))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise JumploraError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.instruction is not None or args.labels:  # zero-shot: a task no state learned
         task, labels = predict(Path(args.model), None, texts, args.task, args.instruction, args.labels, args.batch_size)
         rows = [{"text": text, "prediction": label} for text, label in zip(texts, labels)]
-        lines = [f"{label}\t{text}" for text, label in zip(texts, labels)]
+        lines = [f"{label}\t{_one_line(text)}" for text, label in zip(texts, labels)]
     else:
         from jumplora.answering import answer
         from jumplora.model_folder import ModelFolder, load_trained
@@ -147,9 +155,9 @@ def _predict(args) -> None:
                        args.batch_size)
         rows = [{"text": a.text, "prediction": a.answer, "task": a.task, "way": a.way, "confidence": a.confidence,
                  "learned": a.learned, "distance": a.distance} for a in found]
-        lines = [f"{a.answer}\t{a.text}" if args.task else
+        lines = [f"{a.answer}\t{_one_line(a.text)}" if args.task else
                  f"{a.task if a.learned else f'no learned task (nearest: {a.task})'}\t{a.answer}\t"
-                 f"{a.confidence:.2f}\t{a.text}" for a in found]
+                 f"{a.confidence:.2f}\t{_one_line(a.text)}" for a in found]
     if args.output:
         write_predictions(args.output, rows)
         print(f"{len(rows)} predictions -> {args.output}")
@@ -157,12 +165,21 @@ def _predict(args) -> None:
     print("\n".join(lines))
 
 
+def _one_line(text: str) -> str:
+    """A text as printed in predict's one line per input (its line breaks and tabs escaped)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
 def _evaluate(args) -> None:
     import json
 
-    from jumplora.files import write_text
+    from jumplora.files import check_outside, write_text
     from jumplora.inference import evaluate_model
 
+    if args.output:  # checked before the evaluation, which can take long
+        check_outside(args.output, Path(args.model))
+        if args.output.is_dir():
+            raise JumploraError(f"--output {args.output} is a folder: name the JSON file to write")
     given = {"task_file": args.task_file, "benchmark": args.benchmark, "order": args.order, "data_dir": args.data_dir}
     only = [t for t in (args.tasks or "").split(",") if t] or None
     stream = None  # the data of the run that wrote the model

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from jumplora.errors import JumploraError
-from jumplora.files import umask_mode
+from jumplora.files import check_outside, umask_mode
 from jumplora.manifest import ModelManifest
 from jumplora.model_folder import ModelFolder
 
@@ -85,6 +85,7 @@ def export_gguf(model_dir: Path | str, output: Path | str, gguf_type: str = DEFA
     source = base_gguf(manifest, folder.path)
     output = Path(output)
     _check_output(output, source, overwrite)
+    check_outside(output, folder.path, "--gguf")
     reader = open_gguf(source)
     layout = Layout(reader)
     changed = changed_weights(folder, reader, layout)

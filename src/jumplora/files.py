@@ -87,6 +87,14 @@ def check_new_output(folder: Path) -> None:
         raise JumploraError(f"{folder} already exists and is not an empty folder: pass a new --output folder")
 
 
+def check_outside(output: Path, folder: Path, flag: str = "--output") -> None:
+    """A command's output must not be, or be inside, the model folder it reads (nor contain it)."""
+    out, model = Path(output).resolve(), Path(folder).resolve()
+    if out == model or out.is_relative_to(model) or model.is_relative_to(out):
+        raise JumploraError(f"{flag} {output} is inside (or around) the model folder {folder}: write it beside the "
+                            "model folder")
+
+
 def umask_mode(executable: bool = False) -> int:
     """The mode a new file gets under the process's umask (read without changing it for long)."""
     mask = os.umask(0)

@@ -26,6 +26,8 @@ TEXT_COLUMNS = ("sentence", "text")  # an input file's text, when --text-column 
 def task_to_ask(manifest: ModelManifest, name: str | None, instruction: str | None, labels: list[str] | None) -> Task:
     """A learned task by name, or (zero-shot) a new one from an instruction and its labels."""
     if labels:
+        if instruction is None and name in {t.name for t in manifest.tasks}:  # a learned task, other options
+            instruction = manifest.task(name).instruction
         return Task(name or "new task", instruction or "", tuple(labels), prompt_format=manifest.prompt_format)
     if instruction is not None:
         raise JumploraError("--instruction needs --labels (the options of the new task), comma-separated")
@@ -33,6 +35,18 @@ def task_to_ask(manifest: ModelManifest, name: str | None, instruction: str | No
         known = ", ".join(t.name for t in manifest.tasks)
         raise JumploraError(f"pass --task NAME (the model learned: {known}), or --instruction and --labels")
     return manifest.task(name).as_task(manifest.prompt_format)
+
+
+def check_texts(texts) -> list[str]:
+    """The inputs to answer: a list of non-blank strings (a blank one has nothing to route or answer)."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+        raise JumploraError(f"the inputs must be a list of texts, got {type(texts).__name__}: wrap a single text in [ ]")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise JumploraError(f"input {index} is a {type(text).__name__}, not a text: pass strings")
+        if not text.strip():
+            raise JumploraError(f"input {index} is empty: give every input some text")
+    return list(texts)
 
 
 def read_inputs(path: Path, text_column: str | None) -> list[str]:

@@ -211,6 +211,9 @@ class ModelFolder:
         and (``hashes``) that every weight and update file has the SHA-256 the manifest records."""
         from safetensors import SafetensorError, safe_open
 
+        if not self.path.is_dir():
+            raise JumploraError(f"{self.path} is not a folder: pass a model folder written by jumplora "
+                                "(OUTPUT/<method>/seed<k>/model)")
         try:
             json_config = (self.path / "config.json").read_text()
             if not json_config.strip().startswith("{"):

@@ -24,7 +24,7 @@ from jumplora.adapters import TaskUpdate
 from jumplora.adapters.update import update_labels
 from jumplora.errors import JumploraError
 from jumplora.families import load_model
-from jumplora.files import check_new_output, sha256
+from jumplora.files import check_new_output, check_outside, sha256
 from jumplora.manifest import MANIFEST_FILE, LearnedTask, LedgerEntry, ModelManifest
 from jumplora.model_folder import Extras, ModelFolder
 from jumplora.run_folder import RunFolder, UpdateLedger
@@ -35,7 +35,11 @@ def rollback(path: Path, task: str, output: Path) -> str:
     model folder (its updates/ hold the file) or a run's folder (its deltas/ do)."""
     model = ModelFolder(Path(path))
     if model.manifest_file.is_file():
-        held = [e for e in held_updates(model.verify().ledger) if e.task == task]
+        manifest = model.verify()
+        learned = [t.name for t in manifest.tasks]
+        if task not in learned and task not in {e.task for e in manifest.ledger}:
+            raise JumploraError(f"{path} learned no task {task!r} (its tasks: {', '.join(learned) or 'none'})")
+        held = [e for e in held_updates(manifest.ledger) if e.task == task]
         if not held or not model.update_file(held[-1].file).is_file():
             raise JumploraError(f"{path} holds no update of task {task!r} that its folder keeps: pass the run's folder "
                                 "(OUTPUT/<method>/seed<k>), whose deltas/ has it")
@@ -59,6 +63,7 @@ def apply_update(model_dir: Path, update_file: Path, output: Path, sign: int = 1
 def _write_updated(source: ModelFolder, update_file: Path, output: Path, sign: int, force: bool = False,
                    expected: dict | None = None) -> str:
     check_new_output(output)
+    check_outside(output, source.path)
     manifest = source.verify()
     update = TaskUpdate.load(update_file)
     if expected is not None:  # the run's manifest and the file's own metadata must name the same task
@@ -72,6 +77,10 @@ def _write_updated(source: ModelFolder, update_file: Path, output: Path, sign: i
     model, tokenizer, _ = load_model(str(source.path), family=manifest.family, settings=manifest.settings())
     task = update.metadata.get("task", update_file.stem)
     updates = {e.file: source.update_file(e.file) for e in manifest.ledger if source.update_file(e.file).is_file()}
+    missing = [e.file for e in manifest.ledger if e.file not in updates]
+    if manifest.exact and source.base_state.is_file() and missing:  # exact needs every update it holds
+        raise JumploraError(f"{source.update_file(missing[0])} is missing (the ledger of {source.path} names it): "
+                            "restore the model folder's updates/")
     name = update_file.name
     if name in updates and sha256(updates[name]) != digest:
         name = f"{update_file.stem}-{digest[:8]}{update_file.suffix}"  # another update of the same file name

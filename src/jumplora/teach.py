@@ -34,12 +34,14 @@ from jumplora.errors import JumploraError
 from jumplora.files import publish_folder, write_json
 from jumplora.families.loading import check_for_run
 from jumplora.loop import StreamJob, run_stream
+from jumplora.manifest import MANIFEST_FILE
 from jumplora.model_folder import ModelFolder
 from jumplora.record import RunRecord
 from jumplora.run_folder import OutputLock, RunFolder, read_ledger_file
 from jumplora.train import make_accelerator
 
 WARN_DROP = 5.0  # points: a drop a teach warns about when no --max-forgetting is given
+TEACH_KEY = "teach.json"  # in <dest>.teach: which model and tasks the work there belongs to
 
 
 @dataclass
@@ -76,9 +78,12 @@ def teach(model_dir: Path, new: dict, output: Path | None = None, max_forgetting
         raise JumploraError(f"{source.path} carries no training state (written by rollback/apply, by a method that "
                             "merges once, or by jumplora before 2026-12-07): teach the model its run wrote, or extend "
                             "the run with `jumplora run --resume RUN --add-task-file FILE`")
-    if max_forgetting is not None and not (math.isfinite(max_forgetting) and max_forgetting >= 0):
+    if max_forgetting is not None and (isinstance(max_forgetting, bool) or not isinstance(max_forgetting, (int, float))
+                                       or not (math.isfinite(max_forgetting) and max_forgetting >= 0)):
         raise JumploraError(f"--max-forgetting must be a number of points >= 0, got {max_forgetting}")
     dest = Path(output) if output is not None else source.path
+    _check_destination(source, dest)
+    _check_updates(source, manifest)
     parent_record = RunRecord.from_json(json.loads((source.training / "state.json").read_text())["results"])
     earlier = _earlier_tasks(source, manifest)
     added = _new_tasks(new, settings, manifest.prompt_format, [t.name for t in earlier])
@@ -97,9 +102,9 @@ def teach(model_dir: Path, new: dict, output: Path | None = None, max_forgetting
         record, _ = run_stream(job, tasks, make_accelerator(config.device, config.precision), log)
         table = forgetting(record, parent_record, len(earlier))
         accepted = max_forgetting is None or all(f.drop is None or f.drop <= max_forgetting for f in table)
-        target = dest if accepted else dest.with_name(dest.name + ".candidate")
-        if not accepted:
-            shutil.rmtree(target, ignore_errors=True)
+        target = dest if accepted else _candidate(dest)
+        if not accepted and target.exists():  # an earlier teach's candidate (checked before training)
+            shutil.rmtree(target)
         publish_folder(work.model.path, target, replace=True)
     shutil.rmtree(work.path, ignore_errors=True)
     return TeachOutcome(target, accepted, record, table, [t.name for t in added])
@@ -168,8 +173,44 @@ def _described(new: dict) -> list[str]:
     return list(new.get("tasks") or [])
 
 
+def _candidate(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".candidate")
+
+
+def _check_destination(source: ModelFolder, dest: Path) -> None:
+    """Before any work: the teach writes ``dest`` (the model itself, or a new folder), ``<dest>.teach``
+    and maybe ``<dest>.candidate``, and replaces none of a user's files with them."""
+    here, there = source.path.resolve(), dest.resolve()
+    if there != here:
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise JumploraError(f"--output {dest} already exists: give a new folder, or leave out --output to "
+                                f"replace {source.path} in place")
+        if there.is_relative_to(here) or here.is_relative_to(there):
+            raise JumploraError(f"--output {dest} is inside (or around) the model folder {source.path}: give a "
+                                "folder beside it")
+    work = dest.with_name(dest.name + ".teach")
+    if work.exists() and not (work / TEACH_KEY).is_file() and (not work.is_dir() or any(work.iterdir())):
+        raise JumploraError(f"{work} exists and was not written by jumplora teach (it keeps a stopped teach's work "
+                            "there): move it, or give another --output")
+    candidate = _candidate(dest)
+    if candidate.exists() and not (candidate / MANIFEST_FILE).is_file():
+        raise JumploraError(f"{candidate} exists and is not a model folder (a refused teach writes its candidate "
+                            "there): move it, or give another --output")
+
+
+def _check_updates(source: ModelFolder, manifest) -> None:
+    """Every update the ledger names must be in the folder (a changed one is refused by its hash)."""
+    for entry in manifest.ledger:
+        if not source.update_file(entry.file).is_file():
+            raise JumploraError(f"{source.update_file(entry.file)} is missing (the ledger of {source.path} names it): "
+                                "restore the model folder's updates/")
+
+
 def _locked(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    """The work folder, made with its key file at once, so that it is recognised as a teach's."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / TEACH_KEY, {})
     return folder
 
 
@@ -177,7 +218,7 @@ def _prepare(work: RunFolder, source: ModelFolder, manifest, key: dict, log) -> 
     """The run folder a teach goes on in: the model's training state as the checkpoint of its last
     task and its updates as the run's ledger. A folder left by a stopped teach of the same model and
     tasks is kept (the run resumes it); anything else there is replaced."""
-    key_file = work.path / "teach.json"
+    key_file = work.path / TEACH_KEY
     if key_file.is_file() and json.loads(key_file.read_text()) == key:
         log(f"going on with the teach stopped in {work.path}")
         return

@@ -79,6 +79,9 @@ def load_task_file(
             raise JumploraError(f"{path} has a 'split' field and test_path is also given: use one of the two")
         test = examples_from_records(read_records(Path(test_path)), str(test_path), text_column, label_column)
     # Labels are strings: `labels: [0, 1]` in YAML means the labels "0" and "1" of the data.
+    if isinstance(labels, str):  # `labels: "a,b"` would be read as the labels "a", ",", "b"
+        raise JumploraError(f"task {name}: labels is one string ({labels!r:.80}); write it as a list, e.g. "
+                            "labels: [sport, food]")
     notes = [] if labels is not None else rare_labels(name, examples + test)
     labels = tuple(map(str, labels)) if labels is not None else tuple(sorted({e.label for e in examples + test}))
     _check_labels(examples, labels, str(path))
