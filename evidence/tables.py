@@ -141,10 +141,13 @@ def label_of(name: str, record: RunRecord) -> str:
     return label
 
 
+METHOD_ORDER = ["inclora", "jumplora+inclora", "ella", "jumplora+ella"]  # the paper's Table 1 rows, base first
+
+
 def smollm2_table() -> list[str]:
     runs = records("smollm2-sc1-")
     groups: dict[str, list[RunRecord]] = {}
-    for name, record in runs.items():
+    for name, record in sorted(runs.items(), key=lambda item: (METHOD_ORDER.index(item[1].method), item[0])):
         groups.setdefault(label_of(name, record), []).append(record)
     return method_rows(groups)
 
@@ -152,7 +155,8 @@ def smollm2_table() -> list[str]:
 def matrices(prefix: str, seed: int) -> list[str]:
     """Each run's matrices (generated; ranked and routed in brackets) of one seed."""
     lines = []
-    for name, record in records(prefix).items():
+    runs = sorted(records(prefix).items(), key=lambda item: (METHOD_ORDER.index(item[1].method), item[0]))
+    for name, record in runs:
         if record.seed != seed:
             continue
         ranked, routed = record.rank_accuracy, record.routed_accuracy

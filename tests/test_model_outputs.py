@@ -85,6 +85,8 @@ def test_predict_evaluate_and_export_do_not_write_into_the_model(model, capsys):
     assert (model / "model.safetensors").read_bytes() == before
     assert main(["predict", str(model), "--task", "first", "", "   "]) == 2
     assert "input 0 is empty" in last_error(capsys)
+    assert main(["predict", str(model), "--states", "--labels", "x,y", "a text"]) == 2
+    assert "leave out --states" in last_error(capsys)
 
 
 def test_predict_prints_one_line_per_input_and_a_learned_tasks_instruction_stays(model, capsys):

@@ -140,6 +140,9 @@ def _predict(args) -> None:
         check_outside(args.output, Path(args.model))
     if args.batch_size is not None and args.batch_size < 1:
         raise JumploraError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if (args.instruction is not None or args.labels) and args.states:
+        raise JumploraError("--instruction/--labels ask a task no state learned, which the merged model answers: "
+                            "leave out --states")
     if args.instruction is not None or args.labels:  # zero-shot: a task no state learned
         task, labels = predict(Path(args.model), None, texts, args.task, args.instruction, args.labels, args.batch_size)
         rows = [{"text": text, "prediction": label} for text, label in zip(texts, labels)]
