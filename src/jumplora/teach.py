@@ -31,7 +31,7 @@ from jumplora.config import RunConfig, absolute_paths
 from jumplora.data.stream import StreamConfig, resolve_stream
 from jumplora.data.tasks import Task
 from jumplora.errors import JumploraError
-from jumplora.files import publish_folder, write_json
+from jumplora.files import check_new_output, check_outside, publish_folder, write_json
 from jumplora.families.loading import check_for_run
 from jumplora.loop import StreamJob, run_stream
 from jumplora.manifest import MANIFEST_FILE
@@ -180,14 +180,9 @@ def _candidate(dest: Path) -> Path:
 def _check_destination(source: ModelFolder, dest: Path) -> None:
     """Before any work: the teach writes ``dest`` (the model itself, or a new folder), ``<dest>.teach``
     and maybe ``<dest>.candidate``, and replaces none of a user's files with them."""
-    here, there = source.path.resolve(), dest.resolve()
-    if there != here:
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise JumploraError(f"--output {dest} already exists: give a new folder, or leave out --output to "
-                                f"replace {source.path} in place")
-        if there.is_relative_to(here) or here.is_relative_to(there):
-            raise JumploraError(f"--output {dest} is inside (or around) the model folder {source.path}: give a "
-                                "folder beside it")
+    if dest.resolve() != source.path.resolve():  # in place is the default; anything else must be new
+        check_new_output(dest)
+        check_outside(dest, source.path)
     work = dest.with_name(dest.name + ".teach")
     if work.exists() and not (work / TEACH_KEY).is_file() and (not work.is_dir() or any(work.iterdir())):
         raise JumploraError(f"{work} exists and was not written by jumplora teach (it keeps a stopped teach's work "
