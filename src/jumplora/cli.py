@@ -212,13 +212,20 @@ def _run(args) -> None:
         raise JumploraError("--add-task-file / --add-tasks extend a run that exists: pass --resume OUTPUT with them "
                             "(or list the tasks in --task-file / --tasks for a new run)")
     if args.resume:
+        if args.preset or args.config:
+            raise JumploraError(f"--resume continues {args.resume} with the settings it was started with: drop "
+                                f"--{'preset' if args.preset else 'config'} (a setting to change goes as its own flag)")
         output = OutputFolder(args.resume)
         if added:  # after the tasks the run has already been given
             overrides["add_tasks"] = [*(output.saved_settings().get("add_tasks") or []), *added]
         run(resumable_config(output, overrides, args.force), resume=True, force=args.force)
         return
     preset = args.preset or (None if args.config or _has_data_flags(overrides) else "demo")
-    run(load_config(args.config, preset, overrides), overwrite=args.overwrite)
+    config = load_config(args.config, preset, overrides)
+    if preset == "paper" and config.data.resolved_order() is None:
+        print("note: --preset paper is Table 1's settings for --benchmark sc or ls; on this stream only its shared "
+              "values apply (r 8, α 32, lr 1e-3, batch 32, one epoch, global τ, ELLA λ 3×10⁴)")
+    run(config, overwrite=args.overwrite)
 
 
 def _has_data_flags(overrides: dict) -> bool:

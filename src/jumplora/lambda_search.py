@@ -1,4 +1,5 @@
 """ELLA's λ per task by the paper's search (App. A.2): the candidate with the best dev accuracy.
+(``--ella-lambda auto``, the balance rule, is :class:`jumplora.strategies.ella.EllaPenalty`'s.)
 
 Task t is trained once per candidate λ from the same starting point (the model's weights, the
 penalty's state, the RNG states) and the candidate whose model has the best dev accuracy averaged

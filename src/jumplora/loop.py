@@ -187,18 +187,26 @@ class StreamRun:
         stages = [(T - 1, self.tasks)] if self.spec.joint else [(t, [task]) for t, task in enumerate(self.tasks)]
         return [(t, stage) for t, stage in stages if t >= self.first]
 
+    def keep_lambda(self, t: int) -> None:
+        """Record task t's chosen λ. The earlier tasks' entries come from the record, not from the
+        regulariser: after a resume or an extension it holds defaults for the tasks it did not train."""
+        chosen = list(self.record.chosen_lambda or [])[:t]
+        defaults = self.ctx.strategy.regulariser.lambdas
+        chosen += [defaults[i] or 0.0 for i in range(len(chosen), t)]
+        self.record.chosen_lambda = chosen + [defaults[t] or 0.0]
+
     def train_stage(self, t: int, stage: list) -> None:
         ctx, job, label = self.ctx, self.job, "+".join(task.name for task in stage)
         plan = batches(stage, ctx.config.optim.batch_size, ctx.config.optim.epochs, job.seed * 1000 + t, None)
         name = f"{label} ({job.method}, seed {job.seed})"
         if ctx.config.weights.ella_lambda_search and searchable(ctx.strategy):
             trained = search_lambda(ctx, t, plan, self.tasks, name)
-            self.record.chosen_lambda = ctx.strategy.regulariser.lambdas[: t + 1]
+            self.keep_lambda(t)
         else:
             trained = train_task(ctx, t, plan, name, self.steps_done)
         balance = getattr(ctx.strategy.regulariser, "balance", {})
         if t in balance:  # ELLA's λ auto chose this task's λ
-            self.record.chosen_lambda = [lam or 0.0 for lam in ctx.strategy.regulariser.lambdas[: t + 1]]
+            self.keep_lambda(t)
             self.record.lambda_balance = {**(self.record.lambda_balance or {}), label: balance[t]}
         self.steps_done += trained.steps
         if t == len(self.tasks) - 1:

@@ -18,7 +18,8 @@ which checks each field it relies on and names the first that is wrong. The fiel
     config                              the flat settings of the latest part of the run
     finished_tasks, collapsed           tasks done; tasks whose gate kept nothing or everything
     chosen_lambda, lambda_search        ELLA's λ per task and its search (App. A.2), when run
-    lambda_balance                      ELLA's λ auto per task: {lambda, steps, ratio} (EllaPenalty.balance)
+    lambda_balance                      ELLA's λ auto per task: {lambda, steps, ratio_at_choice, ratio_after}
+                                        (EllaPenalty.balance)
     routed_accuracy_matrix, routed_metrics   T×T and {oa, bwt}: each input answered by the state of the
                                         task the router chose from its prompt (jumplora.routed)
     routing                             at the latest row: {from_prompt, from_text: inputs routed to their

@@ -22,6 +22,7 @@ from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.families.loading import check_for_run
 from jumplora.loop import StreamJob, run_stream
+from jumplora.strategies.methods import check_penalties
 from jumplora.manifest import MANIFEST_FILE
 from jumplora.record import RunRecord
 from jumplora.report.summary import summary_table
@@ -49,6 +50,7 @@ def run(config: RunConfig, log=print, resume: bool = False, overwrite: bool = Fa
                             "--task-file FILE`")
     tasks = resolve_stream(config.data)
     check_for_run(config, tasks)
+    check_penalties(config, len(tasks))
     automatic = config.output is None
     if automatic:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process must name the same folder
@@ -129,11 +131,15 @@ def _notes(config: RunConfig, accelerator, tasks, log) -> None:
             config.precision == "bf16" and cpu_has_bf16()):
         # Measured: the demo's training steps ran ~30x slower in bf16-base than in fp32 on an AVX2 CPU;
         # bf16 autocast on a CPU with bf16 instructions is faster than fp32 (benchmarks/causal_step.py).
-        log(f"note: precision {config.precision} on this CPU is usually slower than fp32 (it has no bf16 matrix "
-            "instructions); it is meant for GPUs and for CPUs with AVX-512 BF16 or AMX (--precision bf16)")
+        why = "it stores the weights in bf16" if config.precision == "bf16-base" else "it has no bf16 matrix instructions"
+        log(f"note: precision {config.precision} on this CPU is usually slower than fp32 ({why}); it is meant for GPUs, "
+            "and --precision bf16 for CPUs with AVX-512 BF16 or AMX")
     if accelerator.device.type == "cpu" and config.compile:
         log(f"note: --compile {config.compile} on a CPU spends minutes compiling before the first step; "
             "it is meant for GPUs, where an eager step waits on Python")
+    if (config.weights.ella_lambda is not None or config.weights.ella_lambda_search) and not any(
+            m.endswith("ella") for m in config.methods):
+        log(f"note: ELLA's λ settings do not apply to {', '.join(config.methods)} (only to ella and jumplora+ella)")
     for task in tasks:
         for note in task.notes:
             log(note)
@@ -166,6 +172,17 @@ def step_warnings(config: RunConfig, tasks) -> list[str]:
                 f"{config.optim.batch_size}, {config.optim.epochs} epoch(s)); S_start = {schedule.start}, S_final = "
                 f"{schedule.final}: the gate and τ need more. Give it more examples (--max-train-per-task), a "
                 "smaller --batch-size or more --epochs")
+    if config.weights.ella_lambda == "auto" and any(m.endswith("ella") for m in config.methods):
+        from jumplora.strategies.ella import BALANCE_STEPS
+
+        unweighted = BALANCE_STEPS + 1  # the first step (ΔW = 0, no penalty to measure), then the measured ones
+        for task in tasks[1:]:
+            steps = math.ceil(len(task.train) / config.optim.batch_size) * config.optim.epochs
+            if steps <= 2 * unweighted:
+                warnings.append(
+                    f"warning: task {task.name} gets {steps} optimiser step(s); --ella-lambda auto trains its first "
+                    f"{min(steps, unweighted)} without the ELLA penalty (it measures it there), so the penalty acts on "
+                    f"{max(steps - unweighted, 0)} of them. Give it more steps or a numeric --ella-lambda")
     return warnings
 
 

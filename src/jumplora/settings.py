@@ -99,7 +99,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return _as(value, option, key)
         except _Mismatch as problem:
             problems.append(str(problem))
-    raise JumploraError(f"{key} must be {' or '.join(problems)}, got {shorten(value)}")
+    raise JumploraError(f"{key} must be {' or '.join(dict.fromkeys(problems))}, got {shorten(value)}")
 
 
 class _Mismatch(Exception):

@@ -38,6 +38,7 @@ from jumplora.manifest import MANIFEST_FILE
 from jumplora.model_folder import ModelFolder
 from jumplora.record import RunRecord
 from jumplora.run_folder import OutputLock, RunFolder, read_ledger_file
+from jumplora.strategies.methods import check_penalties
 from jumplora.train import make_accelerator
 
 WARN_DROP = 5.0  # points: a drop a teach warns about when no --max-forgetting is given
@@ -92,6 +93,8 @@ def teach(model_dir: Path, new: dict, output: Path | None = None, max_forgetting
                                   "add_tasks": [*(settings.get("add_tasks") or []), *_described(new)]})
     tasks = [*earlier, *added]
     check_for_run(config, added)
+    check_penalties(config, len(tasks))
+    accelerator = make_accelerator(config.device, config.precision)  # a precision this machine lacks: before any write
     work = RunFolder(Path(config.output))
     with OutputLock(_locked(work.path)):
         _prepare(work, source, manifest, {"parent": manifest.digest(), "new": _described(new)}, log)
@@ -99,7 +102,7 @@ def teach(model_dir: Path, new: dict, output: Path | None = None, max_forgetting
                         base_label=manifest.base_model, base_weights=_base_weights(source),
                         parent={"generation": manifest.generation, "sha256": manifest.digest(),
                                 "path": str(source.path.absolute())})
-        record, _ = run_stream(job, tasks, make_accelerator(config.device, config.precision), log)
+        record, _ = run_stream(job, tasks, accelerator, log)
         table = forgetting(record, parent_record, len(earlier))
         accepted = max_forgetting is None or all(f.drop is None or f.drop <= max_forgetting for f in table)
         target = dest if accepted else _candidate(dest)

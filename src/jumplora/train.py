@@ -59,11 +59,18 @@ def make_accelerator(device: str, precision: str, log_with: list[str] | None = N
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if device == "cuda" and not torch.cuda.is_available():
         raise JumploraError("--device cuda asked for but no CUDA device is visible: use --device cpu or auto")
+    if precision == "fp16" and (device == "cpu" or not torch.cuda.is_available()):
+        # accelerate turns fp16 autocast off on a CPU: the run would be fp32 while its record says fp16.
+        raise JumploraError("--precision fp16 is a GPU setting (a CPU would train in fp32): use fp32, or bf16 on a CPU "
+                            "with bf16 instructions")
     for tracker in log_with or []:
         if importlib.util.find_spec(tracker) is None:
             raise JumploraError(f"--log-with {tracker} needs the {tracker} package: pip install {tracker}")
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=kwargs,
-                              log_with=log_with or None, project_dir=project_dir)
+    try:
+        accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=kwargs,
+                                  log_with=log_with or None, project_dir=project_dir)
+    except ValueError as error:  # e.g. bf16 on a GPU without bf16 ("requires a supported device")
+        raise JumploraError(f"--precision {precision} cannot run here ({error}): use --precision fp32") from None
     distributed = getattr(accelerator.state, "distributed_type", None)
     if distributed is not None and "FSDP" in str(distributed):
         # τ's initialisation and the sparsity statistics need the whole ΔW of every layer.

@@ -48,6 +48,11 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.order is not None and (self.tasks or self.task_file):
+            raise JumploraError(f"--order picks a benchmark's tasks, --{'tasks' if self.tasks else 'task-file'} names "
+                                "them: give only one of them")
+        if self.order is not None and self.benchmark is None:  # an order belongs to one benchmark
+            self.benchmark = next((name for name, orders in BENCHMARK_ORDERS.items() if self.order in orders), None)
         if self.order is not None:
             expected = BENCHMARK_ORDERS.get(self.benchmark or "", sorted(o for v in BENCHMARK_ORDERS.values() for o in v))
             if self.order not in expected:
@@ -64,6 +69,14 @@ class StreamConfig:
             raise JumploraError(f"duplicate task names in the stream {self.tasks}: name each task once")
 
 
+    def resolved_order(self) -> int | None:
+        """The order the stream follows: the one given, else the benchmark's first; None for named tasks,
+        a task file or the demo (what the paper's per-order settings, such as ELLA's λ, are read by)."""
+        if self.tasks or self.task_file or self.benchmark not in BENCHMARK_ORDERS:
+            return None
+        return self.order or DEFAULT_ORDER[self.benchmark]
+
+
 def resolve_stream(config: StreamConfig) -> list[Task]:
     """The tasks of the run, in training order, subsampled as the config asks (seed 0: the same
     examples for every method and seed, so their accuracy matrices are comparable)."""
@@ -73,7 +86,7 @@ def resolve_stream(config: StreamConfig) -> list[Task]:
         if not config.data_dir:
             raise JumploraError("the sc/ls benchmarks and --tasks read a benchmark folder: pass --data-dir DIR")
         benchmark = load_benchmark(config.data_dir)
-        names = config.tasks or benchmark.order(config.order or DEFAULT_ORDER[config.benchmark])
+        names = config.tasks or benchmark.order(config.resolved_order())
         tasks = [benchmark.load_task(name) for name in names]
     else:
         tasks = demo_stream()
@@ -83,6 +96,13 @@ def resolve_stream(config: StreamConfig) -> list[Task]:
         raise JumploraError(f"duplicate task names in the stream {names}: name each task once")
     for task in tasks:
         task.prompt_format = config.prompt_format
+        separator = PROMPT_FORMATS[config.prompt_format][1].strip()
+        mixed = [label for label in task.labels if separator in label]
+        if mixed:  # the options line would read as more options than there are
+            other = next(name for name in PROMPT_FORMATS if name != config.prompt_format)
+            task.notes.append(f"note: task {task.name}'s label {mixed[0]!r} holds {separator!r}, which the "
+                              f"{config.prompt_format} prompt separates its options with; --prompt-format {other} "
+                              f"separates them with {PROMPT_FORMATS[other][1].strip()!r}")
         task.train = subsample(task.train, config.max_train_per_task, seed=0)
         task.test = subsample(task.test, config.max_test_per_task, seed=0)
         task.dev = subsample(task.dev, config.max_test_per_task, seed=0)

@@ -1,7 +1,7 @@
 """A classification task as the continual learner sees it: labelled sentences, an instruction, a prompt.
 
 Every task in a stream, the benchmark's, the demo's or a user's own, is turned into text-to-text
-form with one prompt (the O-LoRA / ELLA / JumpLoRA convention) and scored by exact match of the
+form by one of two prompt formats (``PROMPT_FORMATS``: O-LoRA's, or the JumpLoRA authors' code's) and scored by exact match of the
 generated answer against the label string, after :func:`normalize_answer` on both sides.
 """
 

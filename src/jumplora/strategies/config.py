@@ -37,5 +37,6 @@ class MethodWeights:
             raise JumploraError(f"ella_lambda must be a number, one per task, or auto; got {self.ella_lambda[:40]!r}")
         if self.ella_lambda_search and not self.ella_lambda_grid:
             raise JumploraError("ella_lambda_grid must list at least one value >= 0")
-        if self.ella_lambda_search and self.ella_lambda == "auto":
-            raise JumploraError("--ella-lambda auto and --ella-lambda-search choose λ two ways: keep one")
+        if self.ella_lambda_search and self.ella_lambda is not None:
+            raise JumploraError(f"--ella-lambda {self.ella_lambda if self.ella_lambda == 'auto' else 'VALUE'} and "
+                                "--ella-lambda-search set λ two ways: keep one")

@@ -101,7 +101,8 @@ class EllaPenalty:
         losses, penalties = zip(*self._measured)
         lam = sum(losses) / sum(penalties)
         self.lambdas[min(self._task, len(self.lambdas) - 1)] = lam
-        at_choice = sum(lam * p / loss for loss, p in self._measured) / len(self._measured)
+        ratios = [lam * p / loss for loss, p in self._measured if loss > 0]  # a loss of exactly 0 has no ratio
+        at_choice = sum(ratios) / len(ratios) if ratios else None
         self.balance[self._task] = {"lambda": lam, "steps": len(self._measured), "ratio_at_choice": at_choice}
 
     def remember(self, ending: TaskEnd) -> None:

@@ -169,5 +169,16 @@ class AdapterStrategy(Strategy):
 
 def make_strategy(spec: MethodSpec, model: nn.Module, config, num_tasks: int) -> Strategy:
     """The strategy of method ``spec`` for a stream of ``num_tasks`` tasks."""
-    regulariser = spec.penalty(config.weights, config.data.order, num_tasks) if spec.penalty else None
+    regulariser = spec.penalty(config.weights, config.data.resolved_order(), num_tasks) if spec.penalty else None
     return (AdapterStrategy if spec.adapter else Strategy)(spec, model, config, regulariser)
+
+
+def check_penalties(config, num_tasks: int) -> None:
+    """Build each method's penalty once, before a run writes anything: settings that do not fit the
+    stream (a λ list of the wrong length) are refused then, not after a finished method."""
+    from jumplora.strategies.registry import METHODS
+
+    for method in config.methods:
+        spec = METHODS[method]
+        if spec.penalty:
+            spec.penalty(config.weights, config.data.resolved_order(), num_tasks)

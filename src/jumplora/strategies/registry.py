@@ -38,14 +38,16 @@ class MethodSpec:
         return self.adapter == "jumplora"
 
 
+# ELLA's λ per task of the Long Sequence orders as the paper tuned them (Table 7), for its 15 tasks.
+LS_LAMBDAS = {4: [0.0] + [5e5] * 13 + [5e7], 5: [0.0] + [5e6] * 11 + [5e7] * 3, 6: [0.0] + [5e5] * 14}
+
+
 def paper_ella_lambdas(order: int | None, num_tasks: int) -> list[float]:
-    """ELLA's λ per task as tuned in the paper (3e4 for orders 1-3 and for any other stream)."""
-    if order == 4:
-        return [0.0] + [5e5] * (num_tasks - 2) + [5e7]
-    if order == 5:
-        return [0.0] + [5e6] * 11 + [5e7] * (num_tasks - 12)
-    if order == 6:
-        return [0.0] + [5e5] * (num_tasks - 1)
+    """ELLA's λ per task as tuned in the paper: Table 7's per task for orders 4-6, 3e4 for orders 1-3
+    and any other stream. Always ``num_tasks`` values: tasks added after an order's 15 take its last λ."""
+    if order in LS_LAMBDAS:
+        values = LS_LAMBDAS[order]
+        return values[:num_tasks] + [values[-1]] * (num_tasks - len(values))
     return [3e4] * num_tasks
 
 
