@@ -137,15 +137,25 @@ def label_of(name: str, record: RunRecord) -> str:
         label += f" ({mode})"
     if record.method.endswith("ella"):
         lam = config.get("ella_lambda")
-        label += " λ auto" if lam == "auto" else f" λ = {lam:g}" if isinstance(lam, (int, float)) else " λ paper (3e4)"
+        label += " λ auto" if lam == "auto" else f" λ = {power_of_ten(lam)}" if isinstance(lam, (int, float)) \
+            else " λ paper (3×10⁴)"
     return label
+
+
+def power_of_ten(value: float) -> str:
+    """30000 -> '3×10⁴' (as the README writes the paper's λ); values below 1000 as they are."""
+    if abs(value) < 1000:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}×10" + str(int(exponent)).translate(str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻"))
 
 
 METHOD_ORDER = ["inclora", "jumplora+inclora", "ella", "jumplora+ella"]  # the paper's Table 1 rows, base first
 
 
-def smollm2_table() -> list[str]:
-    runs = records("smollm2-sc1-")
+def smollm2_table(prefix: str = "smollm2-sc1-") -> list[str]:
+    runs = records(prefix)
     groups: dict[str, list[RunRecord]] = {}
     for name, record in sorted(runs.items(), key=lambda item: (METHOD_ORDER.index(item[1].method), item[0])):
         groups.setdefault(label_of(name, record), []).append(record)

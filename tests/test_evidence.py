@@ -38,3 +38,12 @@ def test_empty_blocks_side_by_side_are_each_filled_and_text_between_them_kept():
     filled = tables.readme_with({"a": "| A |", "b": "| B |"}, text)
     assert filled == "<!-- evidence:a -->\n| A |\n<!-- /evidence -->\nbetween\n<!-- evidence:b -->\n| B |\n<!-- /evidence -->\n"
     assert tables.readme_with({"a": "| A |", "b": "| B |"}, filled) == filled  # rewriting changes nothing
+
+
+def test_a_numeric_lambda_is_labelled_as_the_readme_writes_it():
+    sys.path.insert(0, str(ROOT / "evidence"))
+    try:
+        import tables
+    finally:
+        sys.path.pop(0)
+    assert [tables.power_of_ten(v) for v in (30000, 1.7e6, 3.7e5, 500)] == ["3×10⁴", "1.7×10⁶", "3.7×10⁵", "500"]
