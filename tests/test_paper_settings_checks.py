@@ -130,3 +130,18 @@ def test_the_paper_preset_outside_its_benchmarks_and_ella_settings_on_other_meth
     assert "ELLA's λ settings do not apply to inclora" in out
     with pytest.raises(JumploraError, match="set λ two ways"):
         load_config(overrides={"ella_lambda": 5.0, "ella_lambda_search": True})
+
+
+def test_a_given_lambda_is_recorded_as_it_trained(setup, tmp_path):
+    assert main(run_args(setup, tmp_path / "out", "ella", "--ella-lambda", "5", "--save-model", "false")) == 0
+    assert json.loads((tmp_path / "out" / "ella" / "seed0" / "results.json").read_text())["chosen_lambda"] == [5.0, 5.0]
+
+
+def test_a_settings_file_may_name_a_preset_which_its_keys_override(tmp_path):
+    (tmp_path / "c.yaml").write_text("preset: paper\nbenchmark: sc\nbatch_size: 8\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert (config.optim.batch_size, config.adapter.r, config.data.prompt_format) == (8, 8, "authors")
+    assert config.adapter_config("jumplora", "jumplora+inclora").threshold_mode == "per_block"
+    (tmp_path / "bad.yaml").write_text("preset: papr\n")
+    with pytest.raises(JumploraError, match="unknown preset 'papr'.*paper"):
+        load_config(tmp_path / "bad.yaml")

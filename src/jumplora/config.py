@@ -167,7 +167,7 @@ def normalise_keys(values: dict) -> dict:
     known, out = known_keys(), {}
     for key, value in values.items():
         name = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
-        if name not in known:
+        if name not in known and name != "preset":  # a file's preset: see with_preset
             raise JumploraError(f"unknown configuration key(s) {key}{did_you_mean(name, known)}: "
                                 "see `jumplora run --help`")
         out[name] = value
@@ -230,14 +230,24 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
     """preset < YAML file < overrides; any unknown key is an error that names it."""
     values: dict = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise JumploraError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}"
-                                + did_you_mean(preset, list(PRESETS)))
-        values.update(PRESETS[preset])
-    if path is not None:
-        values.update(inputs_relative_to(normalise_keys(load_yaml(Path(path))), Path(path).parent))
+        values.update(with_preset({"preset": preset}))
+    if path is not None:  # its own `preset:` fills the keys it does not set
+        values.update(with_preset(inputs_relative_to(normalise_keys(load_yaml(Path(path))), Path(path).parent)))
     values.update({k: v for k, v in normalise_keys(overrides or {}).items() if v is not None})
     return RunConfig.from_dict(values)
+
+
+def with_preset(values: dict) -> dict:
+    """``values`` with its ``preset`` key (a settings file's, a sweep's) replaced by the preset's settings,
+    which ``values`` override."""
+    values = dict(values)
+    preset = values.pop("preset", None)
+    if preset is None:
+        return values
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise JumploraError(f"unknown preset {str(preset)[:40]!r}: use one of {', '.join(PRESETS)}"
+                            + did_you_mean(str(preset), list(PRESETS)))
+    return {**PRESETS[preset], **values}
 
 
 def inputs_relative_to(values: dict, folder: Path) -> dict:

@@ -201,12 +201,12 @@ class StreamRun:
         name = f"{label} ({job.method}, seed {job.seed})"
         if ctx.config.weights.ella_lambda_search and searchable(ctx.strategy):
             trained = search_lambda(ctx, t, plan, self.tasks, name)
-            self.keep_lambda(t)
         else:
             trained = train_task(ctx, t, plan, name, self.steps_done)
+        if searchable(ctx.strategy):  # ELLA: the λ task t trained with (given, searched or auto)
+            self.keep_lambda(t)
         balance = getattr(ctx.strategy.regulariser, "balance", {})
         if t in balance:  # ELLA's λ auto chose this task's λ
-            self.keep_lambda(t)
             self.record.lambda_balance = {**(self.record.lambda_balance or {}), label: balance[t]}
         self.steps_done += trained.steps
         if t == len(self.tasks) - 1:

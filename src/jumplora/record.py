@@ -17,7 +17,8 @@ which checks each field it relies on and names the first that is wrong. The fiel
     losses, timing, dropped             per task: the loss per step; seconds and steps; records dropped
     config                              the flat settings of the latest part of the run
     finished_tasks, collapsed           tasks done; tasks whose gate kept nothing or everything
-    chosen_lambda, lambda_search        ELLA's λ per task and its search (App. A.2), when run
+    chosen_lambda, lambda_search        ELLA's λ per task as it trained (given, auto or searched), and the
+                                        search's dev accuracies (App. A.2), when run
     lambda_balance                      ELLA's λ auto per task: {lambda, steps, ratio_at_choice, ratio_after}
                                         (EllaPenalty.balance)
     routed_accuracy_matrix, routed_metrics   T×T and {oa, bwt}: each input answered by the state of the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jumplora.config import inputs_relative_to, load_config, load_yaml, normalise_keys
+from jumplora.config import inputs_relative_to, load_config, load_yaml, normalise_keys, with_preset
 from jumplora.resume import resumable_config
 from jumplora.run_folder import OutputFolder
 from jumplora.runner import run
@@ -15,7 +15,7 @@ def sweep(path: Path, force: bool = False, log=print) -> Path:
 
     Runs already complete are skipped and stopped ones resumed (their settings must not have changed).
     """
-    values = inputs_relative_to(normalise_keys(load_yaml(path)), path.parent)
+    values = with_preset(inputs_relative_to(normalise_keys(load_yaml(path)), path.parent))
     orders = values.pop("order", None)
     orders = orders if isinstance(orders, list) else [orders]
     output = Path(values.pop("output", "runs/sweep"))

@@ -237,8 +237,8 @@ def runs_table(runs: list[Run]) -> Table:
                "tasks it finished and it is left out of the tables above. Sparsity: mean fraction of zeros of the "
                "merged JumpLoRA updates over tasks and layers.")
     if lambdas:
-        header.append("Chosen λ")
-        caption += " Chosen λ: the ELLA weight per task the run selected."
+        header.append("ELLA λ")
+        caption += " ELLA λ: the weight of ELLA's penalty per task as the run trained it (given, auto or searched)."
     return Table(header, rows, caption, text_columns=2)
 
 
