@@ -26,7 +26,8 @@ class StreamConfig:
                                     "(4 tasks, orders 1-3); ls: Long Sequence (15 tasks, orders 4-6)",
                                     choices=BENCHMARKS, shown="demo, unless --tasks or --task-file")
     order: int | None = setting(None, "the task order of the benchmark (paper Table 6; the tasks of each are in "
-                                "its tasks.json)", shown="the benchmark's first")
+                                "its tasks.json; alone it names its benchmark: 1-3 sc, 4-6 ls)",
+                                shown="the benchmark's first")
     tasks: list[str] | None = setting(None, "task names of --data-dir, in training order, comma-separated",
                                       separator=",", metavar="NAMES")
     data_dir: str | None = setting(None, "a benchmark folder with tasks.json (e.g. ../shared/data/cl_benchmark)",
