@@ -74,7 +74,9 @@ def test_step_rows_filter_keeps_the_baselines(tmp_path):
 def test_main_job_runs_the_readme_command(tmp_path):
     rows = {row["name"]: row for row in run_script("main_job", tmp_path)}
     wall = rows["main job: wall"]
-    assert 0 < wall["ratio_vs_target"] < 1 and wall["seconds"] > 0
+    # What the row says, not how fast this machine is (speed is the benchmark's to report, not a test's).
+    assert wall["seconds"] > 0 and wall["ratio_vs_target"] == round(wall["seconds"] / 300, 3)
+    assert wall["finished"]
     assert not (tmp_path / "runs").exists()  # its output went to a temporary folder, deleted after
 
 
