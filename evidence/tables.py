@@ -197,7 +197,9 @@ def bf16_table() -> list[str]:
     return lines
 
 
-TABLES = {"smollm2": smollm2_table, "smollm2-seed0": lambda: matrices("smollm2-sc1-", 0), "precision": bf16_table}
+TABLES = {"smollm2": smollm2_table, "smollm2-seed0": lambda: matrices("smollm2-sc1-", 0), "precision": bf16_table,
+          "smollm2-order3": lambda: smollm2_table("smollm2-sc3-"),
+          "smollm2-order3-seed0": lambda: matrices("smollm2-sc3-", 0)}
 
 
 def render() -> dict[str, str]:
