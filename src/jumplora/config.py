@@ -80,8 +80,9 @@ class RunConfig:
                                    "can check earlier tasks again (never trained on)")
     keep_checkpoints: int = setting(2, "per-task checkpoints kept, the newest (resume needs 1)", minimum=1)
     device: str = setting("auto", "where to train (several GPUs: `accelerate launch`)", choices=("auto", "cpu", "cuda"))
-    precision: str = setting("fp32", "fp32; bf16 autocast (adapters stay fp32; faster on CPUs with bf16 instructions and GPUs); fp16 autocast (GPUs only); bf16-base: frozen weights "
-                             "stored in bf16, adapters and optimiser state fp32 (for GPUs)", choices=PRECISIONS)
+    precision: str = setting("fp32", "fp32; bf16 autocast (adapters stay fp32; faster on GPUs and on CPUs with bf16 "
+                             "instructions); fp16 autocast (GPUs only); bf16-base: frozen weights stored in bf16, "
+                             "adapters and optimiser state fp32 (for GPUs)", choices=PRECISIONS)
     compile: str | bool | None = setting(None, "torch.compile training with this backend (the flag alone: "
                                          "inductor; off: not, e.g. to resume a compiled run); pays on GPUs",
                                          metavar="BACKEND", nargs="?", const="inductor", shown="off")

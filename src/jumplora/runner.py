@@ -22,11 +22,11 @@ from jumplora.data.stream import resolve_stream
 from jumplora.errors import JumploraError
 from jumplora.families.loading import check_for_run
 from jumplora.loop import StreamJob, run_stream
-from jumplora.strategies.methods import check_penalties
 from jumplora.manifest import MANIFEST_FILE
 from jumplora.record import RunRecord
 from jumplora.report.summary import summary_table
 from jumplora.run_folder import OutputFolder, probe_writable
+from jumplora.strategies.methods import check_penalties
 from jumplora.train import make_accelerator
 
 LATEST = Path("runs") / "latest"  # the newest run without --output
@@ -131,9 +131,9 @@ def _notes(config: RunConfig, accelerator, tasks, log) -> None:
             config.precision == "bf16" and cpu_has_bf16()):
         # Measured: the demo's training steps ran ~30x slower in bf16-base than in fp32 on an AVX2 CPU;
         # bf16 autocast on a CPU with bf16 instructions is faster than fp32 (benchmarks/causal_step.py).
-        why = "it stores the weights in bf16" if config.precision == "bf16-base" else "it has no bf16 matrix instructions"
-        log(f"note: precision {config.precision} on this CPU is usually slower than fp32 ({why}); it is meant for GPUs, "
-            "and --precision bf16 for CPUs with AVX-512 BF16 or AMX")
+        why = "it stores the weights in bf16" if config.precision == "bf16-base" else "no bf16 matrix instructions"
+        log(f"note: precision {config.precision} on this CPU is usually slower than fp32 ({why}); it is meant for "
+            "GPUs, and --precision bf16 for CPUs with AVX-512 BF16 or AMX")
     if accelerator.device.type == "cpu" and config.compile:
         log(f"note: --compile {config.compile} on a CPU spends minutes compiling before the first step; "
             "it is meant for GPUs, where an eager step waits on Python")

@@ -69,7 +69,6 @@ class StreamConfig:
         if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
             raise JumploraError(f"duplicate task names in the stream {self.tasks}: name each task once")
 
-
     def resolved_order(self) -> int | None:
         """The order the stream follows: the one given, else the benchmark's first; None for named tasks,
         a task file or the demo (what the paper's per-order settings, such as ELLA's λ, are read by)."""

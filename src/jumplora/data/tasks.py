@@ -1,8 +1,9 @@
 """A classification task as the continual learner sees it: labelled sentences, an instruction, a prompt.
 
 Every task in a stream, the benchmark's, the demo's or a user's own, is turned into text-to-text
-form by one of two prompt formats (``PROMPT_FORMATS``: O-LoRA's, or the JumpLoRA authors' code's) and scored by exact match of the
-generated answer against the label string, after :func:`normalize_answer` on both sides.
+form by one of two prompt formats (``PROMPT_FORMATS``: O-LoRA's, or the JumpLoRA authors' code's)
+and scored by exact match of the generated answer against the label string, after
+:func:`normalize_answer` on both sides.
 """
 
 from __future__ import annotations
