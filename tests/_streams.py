@@ -20,3 +20,16 @@ def write_tasks(root: Path, names, repeats: int, rows=ROWS, task_file: str = "ta
         entries.append({"name": name, "path": f"{name}.jsonl", "instruction": "Sport or food?"})
     (root / task_file).write_text(json.dumps(entries))
     return root / task_file
+
+
+def tiny_workspace(root: Path, rows=ROWS, task_file: str = "tasks.json", more: str | None = "more.json") -> Path:
+    """``root`` with a tiny Llama in ``model/``, tasks first and second in ``task_file`` (4 repeats of
+    ``rows``) and, unless ``more`` is None, task third in ``more`` (what an extension or teach adds)."""
+    from _models import save, tiny_llama
+
+    model, tokenizer = tiny_llama()
+    save(model, tokenizer, root / "model")
+    write_tasks(root, ("first", "second"), repeats=4, rows=rows, task_file=task_file)
+    if more is not None:
+        write_tasks(root, ("third",), repeats=4, rows=rows, task_file=more)
+    return root

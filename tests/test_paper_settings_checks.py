@@ -9,8 +9,7 @@ import json
 import pytest
 
 from _cli import last_error
-from _models import save, tiny_llama
-from _streams import ROWS, write_tasks
+from _streams import ROWS, tiny_workspace
 from jumplora.cli import main
 from jumplora.config import RunConfig, load_config
 from jumplora.data.stream import StreamConfig, resolve_stream
@@ -23,12 +22,7 @@ from jumplora.train import make_accelerator
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("paper-checks")
-    model, tokenizer = tiny_llama()
-    save(model, tokenizer, root / "model")
-    write_tasks(root, ("first", "second"), repeats=4, rows=ROWS[:4])
-    write_tasks(root, ("third",), repeats=4, rows=ROWS[:4], task_file="more.json")
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("paper-checks"), rows=ROWS[:4])
 
 
 def run_args(setup, output, method="ella", *extra):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from _cli import last_error
 from _models import save, tiny_llama
 from _results import fake_results, read_run, write_run
-from _streams import ROWS, write_tasks
+from _streams import ROWS, tiny_workspace
 from jumplora import TaskUpdate
 from jumplora.run_folder import OutputLock
 from jumplora.cli import main
@@ -27,11 +27,7 @@ from jumplora.errors import JumploraError
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliable")
-    model, tokenizer = tiny_llama()
-    save(model, tokenizer, root / "model")
-    write_tasks(root, ("first", "second"), repeats=4, rows=ROWS[:4])
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("reliable"), rows=ROWS[:4], more=None)
 
 
 def args(setup, output, *methods, extra=()):

@@ -14,9 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from _cli import last_error
-from _models import save, tiny_llama
 from _results import fake_results, read_run, write_run
-from _streams import ROWS, write_tasks
+from _streams import ROWS, tiny_workspace, write_tasks
 from jumplora.cli import main
 from jumplora.errors import JumploraError
 from jumplora.run_folder import OutputLock
@@ -26,12 +25,7 @@ METHOD = "jumplora+inclora"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("round3")
-    model, tokenizer = tiny_llama()
-    save(model, tokenizer, root / "model")
-    write_tasks(root, ("first", "second"), repeats=4, rows=ROWS[:4])
-    write_tasks(root, ("third",), repeats=4, rows=ROWS[:4], task_file="more.json")
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("round3"), rows=ROWS[:4])
 
 
 def run_args(setup, output, *extra, tasks="tasks.json"):

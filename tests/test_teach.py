@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _models import minilm, save, tiny_llama
+from _models import minilm, save
 from _results import read_run
-from _streams import ROWS, write_tasks
+from _streams import ROWS, tiny_workspace, write_tasks
 from jumplora.cli import main
 
 FLAGS = ["--batch-size", "4", "--learning-rate", "1e-2", "--ella-lambda", "100"]
@@ -22,12 +22,7 @@ FLAGS = ["--batch-size", "4", "--learning-rate", "1e-2", "--ella-lambda", "100"]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teach")
-    model, tokenizer = tiny_llama()
-    save(model, tokenizer, root / "model")
-    write_tasks(root, ("first", "second"), repeats=4, task_file="two.json")
-    write_tasks(root, ("third",), repeats=4, task_file="more.json")
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("teach"), task_file="two.json")
 
 
 def run(setup, output, method, *extra):
