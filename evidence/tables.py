@@ -198,6 +198,7 @@ def bf16_table() -> list[str]:
 
 
 TABLES = {"smollm2": smollm2_table, "smollm2-seed0": lambda: matrices("smollm2-sc1-", 0), "precision": bf16_table,
+          "smollm2-order2": lambda: smollm2_table("smollm2-sc2-"),
           "smollm2-order3": lambda: smollm2_table("smollm2-sc3-"),
           "smollm2-order3-seed0": lambda: matrices("smollm2-sc3-", 0)}
 
